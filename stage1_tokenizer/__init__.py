@@ -1,0 +1,21 @@
+"""Stage 1 of vqgen: image tokenizers (VQ-VAE) and the continuous VAE/CVAE baselines."""
+
+from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
+from .outputs import AutoencoderOutput
+from .posterior import GaussianPosterior
+from .pretrained import ModelLoadError, PretrainedModel
+from .quantizer import VectorQuantizer, codebook_usage
+from .vae import CVAE, VAE
+from .vqvae import VQVAE
+
+
+def load_pretrained(name_or_path: str, **kwargs) -> PretrainedModel:
+    """Load any stage-1 model from a folder or Hub id; the class comes from its config.json."""
+    return PretrainedModel.from_pretrained(name_or_path, **kwargs)
+
+
+__all__ = [
+    "AutoencoderConfig", "AutoencoderOutput", "CVAE", "CVAEConfig", "GaussianPosterior", "ModelLoadError",
+    "PretrainedModel", "VAE", "VAEConfig", "VQVAE", "VQVAEConfig", "VectorQuantizer", "codebook_usage",
+    "load_pretrained",
+]

@@ -1,0 +1,81 @@
+"""The convolutional encoder and decoder shared by VQVAE, VAE and CVAE.
+
+Every model in stage 1 uses these two classes unchanged; only what sits between them
+(a quantiser, a Gaussian posterior, label conditioning) differs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    # GroupNorm, not BatchNorm: statistics must not depend on the batch split across processes.
+    return nn.GroupNorm(num_groups=min(32, channels // 4) or 1, num_channels=channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block, `b c h w -> b c h w`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class Encoder(nn.Module):
+    """`b in_channels H W -> b out_channels (H / 2**num_downsamples) (W / 2**num_downsamples)`."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        channels: int = 64,
+        num_downsamples: int = 2,
+        num_res_blocks: int = 2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        for _ in range(num_downsamples):
+            layers += [nn.SiLU(), nn.Conv2d(channels, channels, 4, stride=2, padding=1)]
+        layers += [ResBlock(channels) for _ in range(num_res_blocks)]
+        layers += [_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """`b in_channels h w -> b out_channels (h * 2**num_upsamples) (w * 2**num_upsamples)`."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        channels: int = 64,
+        num_upsamples: int = 2,
+        num_res_blocks: int = 2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        layers += [ResBlock(channels) for _ in range(num_res_blocks)]
+        for _ in range(num_upsamples):
+            layers += [nn.SiLU(), nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)]
+        layers += [_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

@@ -1,0 +1,161 @@
+"""VAE and CVAE: the shared encoder/decoder with a Gaussian posterior between them.
+
+The CVAE differs from the VAE only in `_encoder_input` and `_decoder_input` (and the channel
+counts those imply): the label as one-hot channels into the encoder, its embedding beside z.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import nn
+
+from .configs import CVAEConfig, VAEConfig
+from .networks import Decoder, Encoder
+from .outputs import AutoencoderOutput
+from .posterior import GaussianPosterior
+from .pretrained import PretrainedModel
+from .validation import check_images, check_labels
+
+
+class VAE(PretrainedModel):
+    """Gaussian-latent autoencoder; `z` is `b latent_dim` (flat) or `b latent_dim h w` (grid)."""
+
+    model_type = "vae"
+    config_class = VAEConfig
+
+    def __init__(self, config: VAEConfig | None = None, **kwargs: Any) -> None:
+        config = config or self.config_class(**kwargs)
+        super().__init__(config)
+        c, g = config.channels, config.latent_size
+        common = dict(channels=c, num_res_blocks=config.num_res_blocks)
+        in_channels = config.image_channels + self._encoder_extra_channels(config)
+        z_channels = config.latent_dim + self._decoder_extra_channels(config)
+        if config.latent == "grid":
+            self.encoder = Encoder(in_channels, 2 * config.latent_dim, num_downsamples=config.num_downsamples, **common)
+            self.decoder = Decoder(z_channels, config.image_channels, num_upsamples=config.num_downsamples, **common)
+        else:
+            self.encoder = nn.Sequential(
+                Encoder(in_channels, c, num_downsamples=config.num_downsamples, **common),
+                nn.Flatten(),
+                nn.Linear(c * g * g, 2 * config.latent_dim),
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(z_channels, c * g * g),
+                nn.Unflatten(1, (c, g, g)),
+                Decoder(c, config.image_channels, num_upsamples=config.num_downsamples, **common),
+            )
+
+    # -- the conditioning hooks (identity for the VAE; see CVAE) ---------------------------------
+    @staticmethod
+    def _encoder_extra_channels(config: VAEConfig) -> int:
+        return 0
+
+    @staticmethod
+    def _decoder_extra_channels(config: VAEConfig) -> int:
+        return 0
+
+    def _encoder_input(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return images
+
+    def _decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return z
+
+    # -- the model ---------------------------------------------------------------------------------
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        g = self.config.latent_size
+        return (self.config.latent_dim,) if self.config.latent == "flat" else (self.config.latent_dim, g, g)
+
+    def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> GaussianPosterior:
+        """q(z|x) for images `b c H W` in [0, 1]."""
+        check_images(images, self.config)
+        mean, logvar = self.encoder(self._encoder_input(images, labels)).chunk(2, dim=1)
+        return GaussianPosterior(mean, logvar)
+
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Parameters of p(x|z): Bernoulli logits or Gaussian means, `b c H W`."""
+        return self.decoder(self._decoder_input(z, labels))
+
+    def to_images(self, logits: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z) as images in [0, 1]."""
+        return torch.sigmoid(logits) if self.config.likelihood == "bernoulli" else logits.clamp(0, 1)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.to_images(self.decode_logits(z, labels))
+
+    def log_likelihood(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, in nats: `b`."""
+        if self.config.likelihood == "bernoulli":
+            ll = -F.binary_cross_entropy_with_logits(logits, images, reduction="none")
+        else:
+            s = self.config.gaussian_std
+            ll = -0.5 * ((images - logits) / s).pow(2) - math.log(s * math.sqrt(2 * math.pi))
+        return ll.flatten(1).sum(1)
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> AutoencoderOutput:
+        posterior = self.encode(images, labels)
+        logits = self.decode_logits(posterior.sample(generator), labels)
+        reconstruction_loss = -self.log_likelihood(logits, images).mean()
+        kl = posterior.kl().mean()
+        return AutoencoderOutput(
+            loss=reconstruction_loss + self.config.kl_weight * kl,
+            reconstruction=self.to_images(logits),
+            reconstruction_loss=reconstruction_loss,
+            kl=kl,
+            negative_elbo=reconstruction_loss + kl,
+        )
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean."""
+        return self.decode(self.encode(images, labels).mean, labels)
+
+    @torch.no_grad()
+    def sample(
+        self, num_samples: int, labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """z ~ N(0, I) -> images `num_samples c H W` in [0, 1]."""
+        if num_samples <= 0:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        device = next(self.parameters()).device
+        z = torch.randn((num_samples, *self.latent_shape), generator=generator, device=device)
+        return self.decode(z, labels)
+
+
+class CVAE(VAE):
+    """Conditional VAE: `labels` (`b` long, in [0, num_classes)) are required everywhere."""
+
+    model_type = "cvae"
+    config_class = CVAEConfig
+
+    def __init__(self, config: CVAEConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.label_embedding = nn.Embedding(self.config.num_classes, self.config.label_embed_dim)
+
+    @staticmethod
+    def _encoder_extra_channels(config: CVAEConfig) -> int:
+        return config.num_classes
+
+    @staticmethod
+    def _decoder_extra_channels(config: CVAEConfig) -> int:
+        return config.label_embed_dim
+
+    def _encoder_input(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        labels = check_labels(labels, self.config.num_classes, images.shape[0]).to(images.device)
+        one_hot = F.one_hot(labels, self.config.num_classes).to(images.dtype)
+        maps = repeat(one_hot, "b k -> b k h w", h=images.shape[2], w=images.shape[3])
+        return torch.cat([images, maps], dim=1)
+
+    def _decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        labels = check_labels(labels, self.config.num_classes, z.shape[0]).to(z.device)
+        embedding = self.label_embedding(labels).to(z.dtype)
+        if z.ndim == 4:  # grid latent: the embedding becomes constant channels
+            embedding = repeat(embedding, "b e -> b e h w", h=z.shape[2], w=z.shape[3])
+        return torch.cat([z, embedding], dim=1)
