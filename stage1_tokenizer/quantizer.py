@@ -44,13 +44,18 @@ def codebook_usage(counts: torch.Tensor) -> tuple[float, float]:
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on `n d` vectors; returns (`k d` centroids, `k` cluster sizes)."""
-    if x.shape[0] >= k:
-        idx = torch.randperm(x.shape[0], generator=generator)[:k]
-    else:  # fewer vectors than codes: some centroids start as duplicates
-        idx = torch.randint(0, x.shape[0], (k,), generator=generator)
-    idx = idx.to(x.device)
-    centroids = x[idx].clone()
+    """Lloyd's k-means with k-means++ seeding on `n d` vectors; returns (`k d` centroids, `k` cluster sizes)."""
+    # k-means++: each new seed is drawn with probability proportional to its squared distance to the
+    # nearest seed so far, which keeps two seeds from starting in one cluster.
+    first = torch.randint(0, x.shape[0], (1,), generator=generator).item()
+    centroids = x.new_empty(k, x.shape[1])
+    centroids[0] = x[first]
+    nearest = squared_distances(x, centroids[:1]).squeeze(1).clamp_min(0)
+    for j in range(1, k):
+        weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
+        idx = torch.multinomial(weights.cpu(), 1, generator=generator).item()
+        centroids[j] = x[idx]
+        nearest = torch.minimum(nearest, squared_distances(x, centroids[j : j + 1]).squeeze(1).clamp_min(0))
     sizes = torch.zeros(k, device=x.device, dtype=x.dtype)
     for _ in range(iters):
         assign = squared_distances(x, centroids).argmin(1)

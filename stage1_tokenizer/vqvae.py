@@ -91,5 +91,6 @@ class VQVAE(PretrainedModel):
         return self.decoder(self.quantizer.lookup(codes.to(self.quantizer.codebook.device))).clamp(0, 1)
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """detokenize(tokenize(images)); `labels` is ignored (same signature as the VAE family)."""
         return self.detokenize(self.tokenize(images))
