@@ -1,0 +1,91 @@
+"""The stage-1 training script as a user runs it: in-process, resumed, and under `accelerate launch`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stage1_tokenizer import VQVAE, PretrainedModel
+from stage1_tokenizer.train import main as train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--channels", "8", "--num_res_blocks", "1", "--codebook_size", "32", "--code_dim", "4",
+        "--latent_dim", "4", "--batch_size", "16", "--max_train_samples", "128", "--max_eval_samples", "64",
+        "--eval_batch_size", "32", "--warmup_steps", "0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("model", ["vqvae", "vae", "cvae"])
+def test_training_writes_a_loadable_model_grids_and_metrics(model, tmp_path):
+    summary = train(["--model", model, "--output_dir", str(tmp_path), "--max_steps", "4", "--eval_steps", "2",
+                     "--checkpointing_steps", "2", *TINY])
+    loaded = PretrainedModel.from_pretrained(tmp_path)
+    assert loaded.model_type == model and summary["steps"] == 4
+    assert (tmp_path / "reconstructions.png").is_file()
+    assert (tmp_path / "samples.png").is_file() == (model != "vqvae")
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[-1]["test/psnr"] > 0
+    if model == "vqvae":
+        assert 0 < summary["test/codebook_usage"] <= 1 and summary["test/perplexity"] >= 1
+    else:
+        assert summary["test/negative_elbo"] == pytest.approx(summary["test/reconstruction_loss"] + summary["test/kl"], rel=1e-4)
+    assert "Final metrics" in (tmp_path / "README.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_path):
+    common = ["--model", "vqvae", "--lr_scheduler", "constant", "--eval_steps", "1000", "--seed", "3", *TINY]
+    train([*common, "--output_dir", str(tmp_path / "straight"), "--max_steps", "6", "--checkpointing_steps", "0"])
+    train([*common, "--output_dir", str(tmp_path / "split"), "--max_steps", "3", "--checkpointing_steps", "3"])
+    summary = train([*common, "--output_dir", str(tmp_path / "split"), "--max_steps", "6", "--checkpointing_steps", "0",
+                     "--resume_from_checkpoint", "latest"])
+    assert summary["steps"] == 6
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:  # one CPU process: bit-identical, EMA statistics included
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_latest_without_checkpoints_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train(["--output_dir", str(tmp_path), "--max_steps", "2", "--resume_from_checkpoint", "latest", *TINY])
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "stage1_tokenizer.train", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    for option in ["--model", "--dataset", "--output_dir", "--max_steps", "--batch_size", "--learning_rate", "--seed",
+                   "--checkpointing_steps", "--resume_from_checkpoint", "--push_to_hub", "--hub_model_id"]:
+        assert option in out
+
+
+def test_two_cpu_processes_under_accelerate_launch_share_one_codebook(tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
+           "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "stage1_tokenizer.train", "--model", "vqvae", "--output_dir", str(tmp_path), "--max_steps", "6",
+           "--eval_steps", "3", "--checkpointing_steps", "3", "--dead_code_threshold", "2.0", *TINY]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["processes_seen"] == 2, "accelerate launch did not start two cooperating processes"
+    assert summary["codebook_max_abs_diff_across_processes"] == 0.0
+    model = VQVAE.from_pretrained(tmp_path)
+    assert model.quantizer.initialized
+    # each process wrote its own RNG state into the checkpoint
+    assert {p.name for p in (tmp_path / "checkpoints" / "checkpoint-6").glob("random_states_*.pkl")} == \
+        {"random_states_0.pkl", "random_states_1.pkl"}
