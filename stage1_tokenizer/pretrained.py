@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -98,6 +99,26 @@ def resolve_model_folder(
             "save_pretrained, or download the repo once while online."
         ) from e
     return Path(paths[0]).parent
+
+
+def push_saved_folder(
+    save: Callable[[Path], Any],
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload with vqgen",
+) -> str:
+    """Run `save(folder)` into a scratch folder and upload that folder as one commit to `repo_id`."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save(Path(tmp))
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+    return str(info)
 
 
 def read_config_json(folder: Path) -> dict[str, Any]:
@@ -194,19 +215,8 @@ class PretrainedModel(nn.Module):
         commit_message: str | None = None,
     ) -> str:
         """Create `repo_id` if needed and upload the `save_pretrained` folder; returns the commit URL."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            info = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=tmp,
-                revision=revision,
-                commit_message=commit_message or f"Upload vqgen {type(self).__name__}",
-            )
-        return str(info)
+        return push_saved_folder(self.save_pretrained, repo_id, token=token, private=private, revision=revision,
+                                 commit_message=commit_message or f"Upload vqgen {type(self).__name__}")
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod

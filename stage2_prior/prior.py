@@ -1,0 +1,159 @@
+"""A causal LM from `transformers`, built from scratch over a tokenizer's code sequences.
+
+The prior's `config.json` carries a `vqgen` section: the tokenizer it was trained on (path or Hub
+id, codebook size, grid shape, image geometry), the class names and the vocabulary layout. That is
+all the prior knows of stage 1; `check_compatible` compares it with a tokenizer before any work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
+
+from .vocabulary import PriorVocabulary
+
+PRIOR_FORMAT_VERSION = 1
+
+
+@dataclass
+class TokenizerSpec:
+    """What the prior needs to know about its tokenizer, read from the tokenizer's config."""
+
+    name_or_path: str
+    codebook_size: int
+    grid_shape: tuple[int, int]
+    image_size: int
+    image_channels: int
+    class_names: list[str] | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, name_or_path: str) -> TokenizerSpec:
+        config = tokenizer.config
+        if not hasattr(config, "codebook_size"):
+            raise TypeError(
+                f"{type(tokenizer).__name__} is not a discrete tokenizer (no codebook): a prior needs a VQ-VAE."
+            )
+        return cls(
+            name_or_path=str(name_or_path),
+            codebook_size=config.codebook_size,
+            grid_shape=(config.latent_size, config.latent_size),
+            image_size=config.image_size,
+            image_channels=config.image_channels,
+            class_names=config.class_names,
+        )
+
+    @property
+    def num_codes(self) -> int:
+        """Codes per image, h * w."""
+        return self.grid_shape[0] * self.grid_shape[1]
+
+
+@dataclass
+class PriorSpec:
+    """The `vqgen` section of a prior's config.json."""
+
+    tokenizer: TokenizerSpec
+    vocabulary: PriorVocabulary
+    class_names: list[str] | None = None
+    format_version: int = PRIOR_FORMAT_VERSION
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokenizer": asdict(self.tokenizer),
+            "vocabulary": self.vocabulary.to_dict(),
+            "class_names": self.class_names,
+            "format_version": self.format_version,
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorSpec:
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > PRIOR_FORMAT_VERSION:
+            raise ValueError(
+                f"this prior's vqgen format_version is {version!r}; this vqgen reads up to {PRIOR_FORMAT_VERSION}. "
+                "Upgrade vqgen (pip install -U vqgen)."
+            )
+        tokenizer = dict(data["tokenizer"])
+        tokenizer["grid_shape"] = tuple(tokenizer["grid_shape"])
+        return cls(
+            tokenizer=TokenizerSpec(**tokenizer),
+            vocabulary=PriorVocabulary(**data["vocabulary"]),
+            class_names=data.get("class_names"),
+            format_version=version,
+            training=data.get("training", {}),
+        )
+
+
+def build_prior(
+    tokenizer: TokenizerSpec,
+    class_names: list[str] | None = None,
+    *,
+    architecture: Literal["gpt2", "llama"] = "gpt2",
+    num_layers: int = 8,
+    hidden_size: int = 256,
+    num_heads: int = 8,
+    dropout: float = 0.1,
+) -> PreTrainedModel:
+    """A randomly initialised causal LM whose vocabulary is the codes plus the special tokens.
+
+    Sequence length is 1 (prefix) + h * w; no pretrained text weights are involved.
+    """
+    vocabulary = PriorVocabulary(tokenizer.codebook_size, len(class_names or []))
+    spec = PriorSpec(tokenizer=tokenizer, vocabulary=vocabulary, class_names=class_names)
+    common = dict(vocab_size=vocabulary.size, bos_token_id=vocabulary.start_token, eos_token_id=None,
+                  pad_token_id=None, vqgen=spec.to_dict())
+    length = 1 + tokenizer.num_codes
+    if architecture == "gpt2":
+        config = GPT2Config(n_positions=length, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
+                            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **common)
+    elif architecture == "llama":
+        config = LlamaConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
+                             num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                             max_position_embeddings=length, attention_dropout=dropout, **common)
+    else:
+        raise ValueError(f"architecture must be 'gpt2' or 'llama', got {architecture!r}")
+    return AutoModelForCausalLM.from_config(config)
+
+
+def prior_spec(prior: PreTrainedModel) -> PriorSpec:
+    data = getattr(prior.config, "vqgen", None)
+    if not isinstance(data, dict):
+        raise ValueError(
+            "this causal LM has no 'vqgen' section in its config: it was not built by stage2_prior.build_prior, "
+            "so it does not know which tokenizer its tokens belong to."
+        )
+    return PriorSpec.from_dict(data)
+
+
+def load_prior(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+    """Load a prior from a folder or Hub id (safetensors only, never remote code)."""
+    prior = AutoModelForCausalLM.from_pretrained(str(name_or_path), trust_remote_code=False, use_safetensors=True, **kwargs)
+    prior_spec(prior)  # refuse a plain LM early
+    return prior.eval()
+
+
+def check_compatible(prior: PreTrainedModel, tokenizer: Any) -> PriorSpec:
+    """Raise a clear error if `tokenizer` is not the kind the prior was trained on."""
+    spec = prior_spec(prior)
+    config = tokenizer.config
+    expected = spec.tokenizer
+    got_grid = (getattr(config, "latent_size", None),) * 2
+    problems = []
+    if getattr(config, "codebook_size", None) != expected.codebook_size:
+        problems.append(f"codebook size {getattr(config, 'codebook_size', None)} vs {expected.codebook_size}")
+    if got_grid != tuple(expected.grid_shape):
+        problems.append(f"grid {got_grid} vs {tuple(expected.grid_shape)}")
+    if (config.image_size, config.image_channels) != (expected.image_size, expected.image_channels):
+        problems.append(f"images {config.image_channels}x{config.image_size} vs {expected.image_channels}x{expected.image_size}")
+    if problems:
+        raise ValueError(
+            "the tokenizer does not match the prior (" + "; ".join(problems) + f"): the prior was trained on "
+            f"{expected.name_or_path!r}. Load that tokenizer, or train a prior on this one."
+        )
+    return spec
