@@ -7,11 +7,15 @@ in a hidden scratch folder and renamed into place, so a folder named `checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 from accelerate import Accelerator
 
@@ -19,6 +23,19 @@ from .atomic_io import atomic_write_text
 
 TRAINER_STATE = "trainer_state.json"
 _PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device) -> Iterator[None]:
+    """Run evaluation or sampling without moving the training RNG stream.
+
+    Otherwise how often a run evaluates (and a run that stops at a checkpoint always evaluates
+    at its end) would change the dropout masks and code restarts of the steps that follow, and a
+    resumed run would no longer match an uninterrupted one.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        yield
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:

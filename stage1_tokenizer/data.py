@@ -134,7 +134,8 @@ def _stratified_split(labels: np.ndarray, split: str, test_fraction: float = 0.1
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         test[rng.permutation(members)[: max(1, round(len(members) * test_fraction))]] = True
-    return np.flatnonzero(test if split == "test" else ~test)
+    # shuffled once (fixed), so the first N of a split cover every class even if the source is sorted
+    return rng.permutation(np.flatnonzero(test if split == "test" else ~test))
 
 
 # -- sources ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ The final model is written with `save_pretrained` into `--output_dir`; checkpoin
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
-from .checkpointing import find_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpointing import find_checkpoint, isolated_rng, prune_checkpoints, save_checkpoint
 from .data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
 from .image_grid import save_image_grid, save_reconstruction_grid
 
@@ -204,7 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
                               num_training_steps=args.max_steps * accelerator.num_processes)
-    train_loader = DataLoader(train_set.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    train_loader = DataLoader(train_set.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              # its own generator: starting an epoch must not draw from the global RNG,
+                              # or a resumed run (which starts mid-epoch) would be one draw out of step
+                              generator=torch.Generator().manual_seed(args.seed))
     test_loader = DataLoader(test_set.with_format("torch"), batch_size=args.eval_batch_size)
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, test_loader, scheduler
@@ -228,9 +232,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     while step < args.max_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         train_loader.set_epoch(epoch)
-        loader = train_loader
-        if done_in_epoch:  # resumed mid-epoch: same permutation, skip what was already seen
-            loader = accelerator.skip_first_batches(train_loader, done_in_epoch * args.gradient_accumulation_steps)
+        # Resumed mid-epoch: same permutation, skip what was already seen. Skipping by iterating
+        # (rather than accelerate's skip_first_batches) keeps the DataLoader's own generator, so
+        # the global RNG stream (dropout, restarts) continues exactly as in an uninterrupted run.
+        loader = itertools.islice(train_loader, done_in_epoch * args.gradient_accumulation_steps, None)
         for batch in loader:
             images, labels = batch_to_inputs(batch)
             with accelerator.accumulate(model):
@@ -253,12 +258,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4g}")
             if step % args.eval_steps == 0 or step == args.max_steps:
-                metrics = evaluate(accelerator, model, test_loader)
+                with isolated_rng(accelerator.device):
+                    metrics = evaluate(accelerator, model, test_loader)
+                    if accelerator.is_main_process:
+                        write_grids(accelerator, model, grid_batch, output_dir / "samples", f"_step{step:07d}")
                 record = {"step": step, "train/loss": loss, "elapsed_s": round(time.time() - start, 1), **metrics}
                 if accelerator.is_main_process:
                     with metrics_file.open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                    write_grids(accelerator, model, grid_batch, output_dir / "samples", f"_step{step:07d}")
                 progress.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, step)

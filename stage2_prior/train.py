@@ -9,6 +9,7 @@ written with `save_pretrained` into `--output_dir`; checkpoints go to `--output_
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
-from stage1_tokenizer.checkpointing import find_checkpoint, prune_checkpoints, save_checkpoint
+from stage1_tokenizer.checkpointing import find_checkpoint, isolated_rng, prune_checkpoints, save_checkpoint
 from stage1_tokenizer.data import DEFAULT_DATASET, class_names
 from stage1_tokenizer.image_grid import save_image_grid
 
@@ -168,7 +169,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(prior.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
                               num_training_steps=args.max_steps * accelerator.num_processes)
-    train_loader = DataLoader(train_codes.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    train_loader = DataLoader(train_codes.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              # its own generator: starting an epoch must not draw from the global RNG,
+                              # or a resumed run (which starts mid-epoch) would be one draw out of step
+                              generator=torch.Generator().manual_seed(args.seed))
     test_loader = DataLoader(test_codes.with_format("torch"), batch_size=args.eval_batch_size)
     if len(train_loader) < accelerator.num_processes * args.gradient_accumulation_steps:
         raise SystemExit(f"{len(train_codes)} training sequences are fewer than one step needs; lower --batch_size.")
@@ -182,8 +186,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         accelerator.load_state(str(checkpoint))
         step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
         log(f"resumed from {checkpoint} at step {step}")
-    # label dropout draws from its own generator, so it does not shift the global RNG stream
-    dropout_generator = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)
 
     steps_per_epoch = len(train_loader) // args.gradient_accumulation_steps
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train prior")
@@ -195,10 +197,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     while step < args.max_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         train_loader.set_epoch(epoch)
-        loader = train_loader
-        if done_in_epoch:
-            loader = accelerator.skip_first_batches(train_loader, done_in_epoch * args.gradient_accumulation_steps)
+        # Resumed mid-epoch: same permutation, skip what was already seen. Skipping by iterating
+        # (rather than accelerate's skip_first_batches) keeps the DataLoader's own generator, so
+        # the global RNG stream (dropout, restarts) continues exactly as in an uninterrupted run.
+        loader = itertools.islice(train_loader, done_in_epoch * args.gradient_accumulation_steps, None)
         for batch in loader:
+            # label dropout draws from a generator keyed by (seed, step, rank): a resumed run drops the same labels
+            dropout_generator = torch.Generator().manual_seed(
+                (args.seed * 1_000_003 + step) * 1_009 + accelerator.process_index)
             ids = input_ids(batch["codes"], batch.get("label") if names else None, vocab, args.label_dropout,
                             dropout_generator)
             with accelerator.accumulate(prior):
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4f}")
             if step % args.eval_steps == 0 or step == args.max_steps:
-                metrics = evaluate(accelerator, prior, test_loader, vocab, bool(names), pixels)
+                with isolated_rng(accelerator.device):
+                    metrics = evaluate(accelerator, prior, test_loader, vocab, bool(names), pixels)
                 record = {"step": step, "train/nats_per_token": mean_loss,
                           "train/tokens_per_second": round(tokens_seen / (time.time() - start), 1), **metrics}
                 if accelerator.is_main_process:
@@ -229,8 +236,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 progress.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             if args.sample_steps and step % args.sample_steps == 0 and accelerator.is_main_process:
                 unwrapped.eval()
-                write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
-                              vocab.num_classes, args.seed)
+                with isolated_rng(accelerator.device):
+                    write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
+                                  vocab.num_classes, args.seed)
                 unwrapped.train()
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, step)
