@@ -66,7 +66,8 @@ def main() -> None:
             start = time.time()
             summary = train(["--model", model, "--dataset", args.data, "--output_dir", str(root / model),
                              "--max_steps", str(steps), "--eval_steps", str(steps), "--checkpointing_steps", "0",
-                             "--warmup_steps", str(min(200, steps // 10)), *common])
+                             "--warmup_steps", str(min(200, steps // 10)), "--max_train_minutes", str(args.minutes),
+                             *common])
             summary["wall_seconds"] = round(time.time() - start, 1)
             summary["seconds_per_step"] = round(per_step, 4)
             summary["images_per_second"] = round(args.batch_size / per_step, 1)

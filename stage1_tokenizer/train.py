@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
-from .checkpointing import find_checkpoint, isolated_rng, prune_checkpoints, save_checkpoint
+from .checkpointing import find_checkpoint, isolated_rng, out_of_time, prune_checkpoints, save_checkpoint
 from .data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
 from .image_grid import save_image_grid, save_reconstruction_grid
 
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--max_steps", type=int, default=2000, help="optimizer steps to train for")
+    g.add_argument("--max_train_minutes", type=float, default=None,
+                   help="also stop (evaluate, save) once training has run this long")
     g.add_argument("--batch_size", type=int, default=128, help="images per process per micro-batch")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--learning_rate", type=float, default=1e-3, help="peak AdamW learning rate")
@@ -271,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 save_checkpoint(accelerator, output_dir, step)
                 if accelerator.is_main_process:
                     prune_checkpoints(output_dir, args.checkpoints_total_limit)
+            if args.max_train_minutes is not None and out_of_time(accelerator, start, args.max_train_minutes):
+                progress.write(f"stopping at step {step}: --max_train_minutes {args.max_train_minutes} reached")
+                args.max_steps = step
             if step >= args.max_steps:
                 break
     progress.close()

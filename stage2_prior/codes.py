@@ -18,7 +18,7 @@ import datasets
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
@@ -61,7 +61,11 @@ def encode_dataset(
     """
     accelerator = state or PartialState()
     folder = Path(cache_dir) / cache_key(tokenizer, dataset, split, max_samples) if cache_dir is not None else None
-    if folder is not None and (folder / "dataset_info.json").is_file():
+    # Rank 0 decides and every rank follows: all of them must reach the collectives below, or none.
+    cached = [folder is not None and (folder / "dataset_info.json").is_file()]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(cached)
+    if cached[0]:
         return datasets.load_from_disk(str(folder))
 
     config = tokenizer.config

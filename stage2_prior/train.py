@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
-from stage1_tokenizer.checkpointing import find_checkpoint, isolated_rng, prune_checkpoints, save_checkpoint
+from stage1_tokenizer.checkpointing import find_checkpoint, isolated_rng, out_of_time, prune_checkpoints, save_checkpoint
 from stage1_tokenizer.data import DEFAULT_DATASET, class_names
 from stage1_tokenizer.image_grid import save_image_grid
 
@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--max_steps", type=int, default=2000, help="optimizer steps")
+    g.add_argument("--max_train_minutes", type=float, default=None,
+                   help="also stop (evaluate, save) once training has run this long")
     g.add_argument("--batch_size", type=int, default=64, help="sequences per process per micro-batch")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--learning_rate", type=float, default=5e-4, help="peak AdamW learning rate")
@@ -147,11 +149,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tokenizer = VQVAE.from_pretrained(args.tokenizer).to(accelerator.device)
     spec = TokenizerSpec.from_tokenizer(tokenizer, args.tokenizer)
-    with accelerator.main_process_first():  # rank 0 fills the cache, the others then read it
-        train_codes = encode_dataset(tokenizer, args.dataset, "train", state=accelerator, cache_dir=args.cache_dir,
-                                     max_samples=args.max_train_samples)
-        test_codes = encode_dataset(tokenizer, args.dataset, "test", state=accelerator, cache_dir=args.cache_dir,
-                                    max_samples=args.max_eval_samples)
+    # every process encodes its share; rank 0 writes the cache (see encode_dataset)
+    train_codes = encode_dataset(tokenizer, args.dataset, "train", state=accelerator, cache_dir=args.cache_dir,
+                                 max_samples=args.max_train_samples)
+    test_codes = encode_dataset(tokenizer, args.dataset, "test", state=accelerator, cache_dir=args.cache_dir,
+                                max_samples=args.max_eval_samples)
     names = None if args.unconditional else class_names(train_codes)
     if names is None:
         train_codes = train_codes.remove_columns([c for c in ["label"] if c in train_codes.column_names])
@@ -244,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 save_checkpoint(accelerator, output_dir, step)
                 if accelerator.is_main_process:
                     prune_checkpoints(output_dir, args.checkpoints_total_limit)
+            if args.max_train_minutes is not None and out_of_time(accelerator, start, args.max_train_minutes):
+                progress.write(f"stopping at step {step}: --max_train_minutes {args.max_train_minutes} reached")
+                args.max_steps = step
             if step >= args.max_steps:
                 break
     progress.close()
