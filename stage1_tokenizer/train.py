@@ -9,9 +9,7 @@ The final model is written with `save_pretrained` into `--output_dir`; checkpoin
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -19,14 +17,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
-from .checkpointing import find_checkpoint, isolated_rng, out_of_time, prune_checkpoints, save_checkpoint
+from .checkpointing import isolated_rng
 from .data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
 from .image_grid import save_image_grid, save_reconstruction_grid
+from .training import (add_training_args, check_training_args, finish_step, make_accelerator, mean_finite_loss,
+                       optimizer_step, prepare_training)
 
 MODELS: dict[str, type[PretrainedModel]] = {"vqvae": VQVAE, "vae": VAE, "cvae": CVAE}
 
@@ -37,31 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train a VQ-VAE tokenizer, or a VAE/CVAE baseline, on an image dataset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("run")
+    add_training_args(p, output_dir="runs/stage1", batch_size=128, learning_rate=1e-3, weight_decay=0.0)
+    g = p.add_argument_group("data and model")
     g.add_argument("--model", choices=sorted(MODELS), default="vqvae", help="which stage-1 model to train")
     g.add_argument("--dataset", default=DEFAULT_DATASET,
                    help="'embedded' (5,000 MNIST digits shipped with the install), a folder of MNIST IDX files, "
                         "an imagefolder tree, or a Hub dataset id such as ylecun/mnist")
-    g.add_argument("--output_dir", default="runs/stage1", help="where the final model, checkpoints and grids go")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and sampling")
     g.add_argument("--image_size", type=int, default=None, help="resize images to this side (default: the dataset's)")
     g.add_argument("--channels_in", type=int, choices=[1, 3], default=None, help="convert images to 1 or 3 channels")
-    g.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training images")
-    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on only the first N test images")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max_steps", type=int, default=2000, help="optimizer steps to train for")
-    g.add_argument("--max_train_minutes", type=float, default=None,
-                   help="also stop (evaluate, save) once training has run this long")
-    g.add_argument("--batch_size", type=int, default=128, help="images per process per micro-batch")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--learning_rate", type=float, default=1e-3, help="peak AdamW learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--lr_scheduler", default="cosine", help="any transformers.get_scheduler name")
-    g.add_argument("--warmup_steps", type=int, default=100, help="linear learning-rate warm-up steps")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; 0 disables")
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="overrides the accelerate config / launch flag")
 
     g = p.add_argument_group("architecture (shared encoder/decoder)")
     g.add_argument("--channels", type=int, default=64, help="conv channels of encoder and decoder")
@@ -84,22 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--kl_weight", type=float, default=1.0, help="beta of the beta-VAE")
     g.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli", help="p(x|z)")
 
-    g = p.add_argument_group("evaluation, checkpoints, Hub")
-    g.add_argument("--eval_steps", type=int, default=500, help="evaluate on the test split every N steps")
-    g.add_argument("--eval_batch_size", type=int, default=256, help="images per process per evaluation batch")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="save a resumable checkpoint every N steps; 0 disables")
-    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep only the newest N checkpoints")
-    g.add_argument("--resume_from_checkpoint", default=None,
-                   help="a checkpoint folder, or 'latest' for the newest complete one in --output_dir/checkpoints")
-    g.add_argument("--push_to_hub", action="store_true", help="push the final model to --hub_model_id")
-    g.add_argument("--hub_model_id", default=None, help="Hub repo id such as user/vqvae-mnist")
-    g.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
     args = p.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        p.error("--push_to_hub needs --hub_model_id (e.g. --hub_model_id user/vqvae-mnist)")
-    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name} must be positive, got {getattr(args, name)}")
+    check_training_args(p, args)
     return args
 
 
@@ -178,12 +146,7 @@ def write_grids(accelerator: Accelerator, model: torch.nn.Module, batch: dict[st
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    set_seed(args.seed)
+    accelerator = make_accelerator(args)
     output_dir = Path(args.output_dir)
     log = accelerator.print
 
@@ -195,92 +158,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = class_names(train_set)
     c, h, _ = train_set.features["image"].shape
     model = build_model(args, h, c, names)
-    model.card_data = {"dataset": args.dataset}
-    per_step = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    if len(train_set) < per_step:
-        raise SystemExit(f"{len(train_set)} training images are fewer than one step needs ({per_step}); lower --batch_size.")
     log(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"{len(train_set):,} train / {len(test_set):,} test images of {c}x{h}x{h}; {accelerator.num_processes} process(es)")
+    state = prepare_training(accelerator, model, train_set, test_set, args)
+    model, step = state.model, state.step
+    grid_batch = next(iter(state.test_loader))
 
-    from transformers import get_scheduler
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_steps * accelerator.num_processes)
-    train_loader = DataLoader(train_set.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              # its own generator: starting an epoch must not draw from the global RNG,
-                              # or a resumed run (which starts mid-epoch) would be one draw out of step
-                              generator=torch.Generator().manual_seed(args.seed))
-    test_loader = DataLoader(test_set.with_format("torch"), batch_size=args.eval_batch_size)
-    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, test_loader, scheduler
-    )
-    grid_batch = next(iter(test_loader))
-
-    step = 0
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
-        log(f"resumed from {checkpoint} at step {step}")
-
-    steps_per_epoch = len(train_loader) // args.gradient_accumulation_steps
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
-    metrics_file = output_dir / "metrics.jsonl"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     model.train()
     start = time.time()
-    while step < args.max_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        train_loader.set_epoch(epoch)
-        # Resumed mid-epoch: same permutation, skip what was already seen. Skipping by iterating
-        # (rather than accelerate's skip_first_batches) keeps the DataLoader's own generator, so
-        # the global RNG stream (dropout, restarts) continues exactly as in an uninterrupted run.
-        loader = itertools.islice(train_loader, done_in_epoch * args.gradient_accumulation_steps, None)
-        for batch in loader:
-            images, labels = batch_to_inputs(batch)
-            with accelerator.accumulate(model):
-                out = model(images, labels)
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            loss = accelerator.reduce(out.loss.detach().float(), reduction="mean").item()
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss} at step {step}; nothing was saved after the last checkpoint. "
-                    "Lower --learning_rate or use --mixed_precision no, then resume with --resume_from_checkpoint latest."
-                )
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4g}")
-            if step % args.eval_steps == 0 or step == args.max_steps:
-                with isolated_rng(accelerator.device):
-                    metrics = evaluate(accelerator, model, test_loader)
-                    if accelerator.is_main_process:
-                        write_grids(accelerator, model, grid_batch, output_dir / "samples", f"_step{step:07d}")
-                record = {"step": step, "train/loss": loss, "elapsed_s": round(time.time() - start, 1), **metrics}
+    for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
+        images, labels = batch_to_inputs(batch)
+        with accelerator.accumulate(model):
+            out = model(images, labels)
+            optimizer_step(accelerator, state, out.loss, args.max_grad_norm)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        loss = mean_finite_loss(accelerator, out.loss, step)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4g}")
+        if step % args.eval_steps == 0 or step == args.max_steps:
+            with isolated_rng(accelerator.device):
+                metrics = evaluate(accelerator, model, state.test_loader)
                 if accelerator.is_main_process:
-                    with metrics_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                progress.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, step)
-                if accelerator.is_main_process:
-                    prune_checkpoints(output_dir, args.checkpoints_total_limit)
-            if args.max_train_minutes is not None and out_of_time(accelerator, start, args.max_train_minutes):
-                progress.write(f"stopping at step {step}: --max_train_minutes {args.max_train_minutes} reached")
-                args.max_steps = step
-            if step >= args.max_steps:
-                break
+                    write_grids(accelerator, model, grid_batch, output_dir / "samples", f"_step{step:07d}")
+            record = {"step": step, "train/loss": loss, "elapsed_s": round(time.time() - start, 1), **metrics}
+            if accelerator.is_main_process:
+                with (output_dir / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            progress.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if finish_step(accelerator, args, step, start, progress.write):
+            break
     progress.close()
 
-    metrics = evaluate(accelerator, model, test_loader)
+    metrics = evaluate(accelerator, model, state.test_loader)
     unwrapped = accelerator.unwrap_model(model)
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(time.time() - start, 1)}
@@ -293,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary["processes_seen"] = accelerator.gather(torch.ones(1, device=accelerator.device)).shape[0]
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
+        per_step = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         unwrapped.card_data = {
             "dataset": args.dataset,
             "metrics": {k.removeprefix("test/"): v for k, v in metrics.items()},

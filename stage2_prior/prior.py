@@ -11,7 +11,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
 
 from .vocabulary import PriorVocabulary

@@ -9,7 +9,6 @@ written with `save_pretrained` into `--output_dir`; checkpoints go to `--output_
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import sys
@@ -19,14 +18,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
-from stage1_tokenizer.checkpointing import find_checkpoint, isolated_rng, out_of_time, prune_checkpoints, save_checkpoint
+from stage1_tokenizer.checkpointing import isolated_rng
 from stage1_tokenizer.data import DEFAULT_DATASET, class_names
 from stage1_tokenizer.image_grid import save_image_grid
+from stage1_tokenizer.training import (add_training_args, check_training_args, finish_step, make_accelerator,
+                                       mean_finite_loss, optimizer_step, prepare_training)
 
 from .codes import DEFAULT_CACHE_DIR, encode_dataset
 from .prior import TokenizerSpec, build_prior, prior_spec
@@ -40,13 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train an autoregressive prior (a transformers causal LM) over a VQ-VAE's codes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("run")
+    add_training_args(p, output_dir="runs/prior", batch_size=64, learning_rate=5e-4, weight_decay=0.01)
+    g = p.add_argument_group("data")
     g.add_argument("--tokenizer", required=True, help="folder or Hub id of a trained VQ-VAE (stage1_tokenizer.train)")
     g.add_argument("--dataset", default=DEFAULT_DATASET, help="any dataset spec stage 1 accepts (see its --help)")
-    g.add_argument("--output_dir", default="runs/prior", help="where the final prior, checkpoints and grids go")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order, label dropout and sampling")
-    g.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training images")
-    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on only the first N test images")
     g.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="where encoded code datasets are cached")
     g.add_argument("--unconditional", action="store_true", help="ignore the labels even if the dataset has them")
     g.add_argument("--label_dropout", type=float, default=0.1,
@@ -59,38 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--num_heads", type=int, default=8, help="attention heads")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout in attention, residual and embeddings")
 
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max_steps", type=int, default=2000, help="optimizer steps")
-    g.add_argument("--max_train_minutes", type=float, default=None,
-                   help="also stop (evaluate, save) once training has run this long")
-    g.add_argument("--batch_size", type=int, default=64, help="sequences per process per micro-batch")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--learning_rate", type=float, default=5e-4, help="peak AdamW learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    g.add_argument("--lr_scheduler", default="cosine", help="any transformers.get_scheduler name")
-    g.add_argument("--warmup_steps", type=int, default=100, help="linear warm-up steps")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; 0 disables")
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="overrides the accelerate config / launch flag")
-
-    g = p.add_argument_group("evaluation, checkpoints, Hub")
-    g.add_argument("--eval_steps", type=int, default=500, help="held-out loss every N steps")
-    g.add_argument("--eval_batch_size", type=int, default=256, help="sequences per process per evaluation batch")
     g.add_argument("--sample_steps", type=int, default=1000, help="decode a sample grid every N steps; 0 disables")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="resumable checkpoint every N steps; 0 disables")
-    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep only the newest N checkpoints")
-    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    g.add_argument("--push_to_hub", action="store_true", help="push the final prior to --hub_model_id")
-    g.add_argument("--hub_model_id", default=None, help="Hub repo id such as user/prior-mnist")
-    g.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
     args = p.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        p.error("--push_to_hub needs --hub_model_id")
+    check_training_args(p, args)
     if not 0 <= args.label_dropout < 1:
         p.error(f"--label_dropout must lie in [0, 1), got {args.label_dropout}")
-    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name} must be positive, got {getattr(args, name)}")
     return args
 
 
@@ -138,12 +108,7 @@ def write_samples(prior: torch.nn.Module, tokenizer: VQVAE, path: Path, num_clas
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    set_seed(args.seed)
+    accelerator = make_accelerator(args)
     output_dir = Path(args.output_dir)
     log = accelerator.print
 
@@ -165,96 +130,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"prior: {sum(p.numel() for p in prior.parameters()):,} parameters, vocabulary {vocab.size}, sequence "
         f"1+{spec.num_codes}; {len(train_codes):,} train / {len(test_codes):,} test sequences; "
         f"{'classes ' + str(len(names)) if names else 'unconditional'}; {accelerator.num_processes} process(es)")
-
-    from transformers import get_scheduler
-
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_steps * accelerator.num_processes)
-    train_loader = DataLoader(train_codes.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              # its own generator: starting an epoch must not draw from the global RNG,
-                              # or a resumed run (which starts mid-epoch) would be one draw out of step
-                              generator=torch.Generator().manual_seed(args.seed))
-    test_loader = DataLoader(test_codes.with_format("torch"), batch_size=args.eval_batch_size)
-    if len(train_loader) < accelerator.num_processes * args.gradient_accumulation_steps:
-        raise SystemExit(f"{len(train_codes)} training sequences are fewer than one step needs; lower --batch_size.")
-    prior, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
-        prior, optimizer, train_loader, test_loader, scheduler
-    )
-
-    step = 0
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
-        log(f"resumed from {checkpoint} at step {step}")
-
-    steps_per_epoch = len(train_loader) // args.gradient_accumulation_steps
-    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train prior")
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    state = prepare_training(accelerator, prior, train_codes, test_codes, args)
+    prior, step = state.model, state.step
     unwrapped = accelerator.unwrap_model(prior)
+
+    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train prior")
     start, tokens_seen = time.time(), 0
     prior.train()
-    while step < args.max_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        train_loader.set_epoch(epoch)
-        # Resumed mid-epoch: same permutation, skip what was already seen. Skipping by iterating
-        # (rather than accelerate's skip_first_batches) keeps the DataLoader's own generator, so
-        # the global RNG stream (dropout, restarts) continues exactly as in an uninterrupted run.
-        loader = itertools.islice(train_loader, done_in_epoch * args.gradient_accumulation_steps, None)
-        for batch in loader:
-            # label dropout draws from a generator keyed by (seed, step, rank): a resumed run drops the same labels
-            dropout_generator = torch.Generator().manual_seed(
-                (args.seed * 1_000_003 + step) * 1_009 + accelerator.process_index)
-            ids = input_ids(batch["codes"], batch.get("label") if names else None, vocab, args.label_dropout,
-                            dropout_generator)
-            with accelerator.accumulate(prior):
-                loss = prior(input_ids=ids, labels=ids).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(prior.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            tokens_seen += (ids.shape[1] - 1) * ids.shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"loss became {mean_loss} at step {step}; nothing was saved after the last "
-                                         "checkpoint. Lower --learning_rate, then --resume_from_checkpoint latest.")
-            progress.update(1)
-            progress.set_postfix(loss=f"{mean_loss:.4f}")
-            if step % args.eval_steps == 0 or step == args.max_steps:
-                with isolated_rng(accelerator.device):
-                    metrics = evaluate(accelerator, prior, test_loader, vocab, bool(names), pixels)
-                record = {"step": step, "train/nats_per_token": mean_loss,
-                          "train/tokens_per_second": round(tokens_seen / (time.time() - start), 1), **metrics}
-                if accelerator.is_main_process:
-                    with (output_dir / "metrics.jsonl").open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                progress.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if args.sample_steps and step % args.sample_steps == 0 and accelerator.is_main_process:
-                unwrapped.eval()
-                with isolated_rng(accelerator.device):
-                    write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
-                                  vocab.num_classes, args.seed)
-                unwrapped.train()
-            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, step)
-                if accelerator.is_main_process:
-                    prune_checkpoints(output_dir, args.checkpoints_total_limit)
-            if args.max_train_minutes is not None and out_of_time(accelerator, start, args.max_train_minutes):
-                progress.write(f"stopping at step {step}: --max_train_minutes {args.max_train_minutes} reached")
-                args.max_steps = step
-            if step >= args.max_steps:
-                break
+    for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
+        # label dropout draws from a generator keyed by (seed, step, rank): a resumed run drops the same labels
+        dropout_generator = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 1_009 + accelerator.process_index)
+        ids = input_ids(batch["codes"], batch.get("label") if names else None, vocab, args.label_dropout, dropout_generator)
+        with accelerator.accumulate(prior):
+            loss = prior(input_ids=ids, labels=ids).loss
+            optimizer_step(accelerator, state, loss, args.max_grad_norm)
+        tokens_seen += (ids.shape[1] - 1) * ids.shape[0] * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        mean_loss = mean_finite_loss(accelerator, loss, step)
+        progress.update(1)
+        progress.set_postfix(loss=f"{mean_loss:.4f}")
+        if step % args.eval_steps == 0 or step == args.max_steps:
+            with isolated_rng(accelerator.device):
+                metrics = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels)
+            record = {"step": step, "train/nats_per_token": mean_loss,
+                      "train/tokens_per_second": round(tokens_seen / (time.time() - start), 1), **metrics}
+            if accelerator.is_main_process:
+                with (output_dir / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            progress.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if args.sample_steps and step % args.sample_steps == 0 and accelerator.is_main_process:
+            unwrapped.eval()
+            with isolated_rng(accelerator.device):
+                write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
+                              vocab.num_classes, args.seed)
+            unwrapped.train()
+        if finish_step(accelerator, args, step, start, progress.write):
+            break
     progress.close()
     train_seconds = time.time() - start
 
-    metrics = evaluate(accelerator, prior, test_loader, vocab, bool(names), pixels)
+    metrics = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels)
     summary: dict[str, Any] = {"tokenizer": args.tokenizer, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(train_seconds, 1),
                                "train_tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1),

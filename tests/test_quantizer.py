@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from stage1_tokenizer.quantizer import VectorQuantizer, codebook_usage, kmeans, squared_distances
 

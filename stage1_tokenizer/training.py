@@ -1,0 +1,168 @@
+"""What both training scripts (stage 1 and stage 2) share: options, set-up, the resumable step loop.
+
+Each script keeps its own model, batch-to-loss and evaluation; everything about optimisation,
+data order, checkpoints, resumption and time limits lives here once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+
+from .checkpointing import find_checkpoint, out_of_time, prune_checkpoints, save_checkpoint
+
+
+def add_training_args(p: argparse.ArgumentParser, *, output_dir: str, batch_size: int, learning_rate: float,
+                      weight_decay: float) -> None:
+    """The options every training script has; the defaults that differ are passed in."""
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default=output_dir, help="where the final model, checkpoints and grids go")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and sampling")
+    g.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training examples")
+    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on only the first N test examples")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max_steps", type=int, default=2000, help="optimizer steps to train for")
+    g.add_argument("--max_train_minutes", type=float, default=None,
+                   help="also stop (evaluate, save) once training has run this long")
+    g.add_argument("--batch_size", type=int, default=batch_size, help="examples per process per micro-batch")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--learning_rate", type=float, default=learning_rate, help="peak AdamW learning rate")
+    g.add_argument("--weight_decay", type=float, default=weight_decay, help="AdamW weight decay")
+    g.add_argument("--lr_scheduler", default="cosine", help="any transformers.get_scheduler name")
+    g.add_argument("--warmup_steps", type=int, default=100, help="linear learning-rate warm-up steps")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; 0 disables")
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="overrides the accelerate config / launch flag")
+
+    g = p.add_argument_group("evaluation, checkpoints, Hub")
+    g.add_argument("--eval_steps", type=int, default=500, help="evaluate on the test split every N steps")
+    g.add_argument("--eval_batch_size", type=int, default=256, help="examples per process per evaluation batch")
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="save a resumable checkpoint every N steps; 0 disables")
+    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep only the newest N checkpoints")
+    g.add_argument("--resume_from_checkpoint", default=None,
+                   help="a checkpoint folder, or 'latest' for the newest complete one in --output_dir/checkpoints")
+    g.add_argument("--push_to_hub", action="store_true", help="push the final model to --hub_model_id")
+    g.add_argument("--hub_model_id", default=None, help="Hub repo id such as user/vqvae-mnist")
+    g.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
+
+
+def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id (e.g. --hub_model_id user/vqvae-mnist)")
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name} must be positive, got {getattr(args, name)}")
+
+
+def make_accelerator(args: argparse.Namespace) -> Accelerator:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    set_seed(args.seed)
+    return accelerator
+
+
+@dataclass
+class TrainingState:
+    """The prepared objects of a run and the step it starts from (0, or the resumed checkpoint's)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: DataLoader
+    test_loader: DataLoader
+    step: int
+
+    def batches(self, gradient_accumulation_steps: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Micro-batches from `step` on, forever, epoch after epoch, in the order an uninterrupted run sees.
+
+        A resumed run skips what its epoch already saw by iterating (not accelerate's
+        skip_first_batches), keeping the loader's own generator, so the global RNG stream (dropout,
+        code restarts) continues exactly as it would have.
+        """
+        steps_per_epoch = len(self.train_loader) // gradient_accumulation_steps
+        epoch, done = divmod(self.step, steps_per_epoch)
+        while True:
+            self.train_loader.set_epoch(epoch)
+            yield from itertools.islice(self.train_loader, done * gradient_accumulation_steps, None)
+            epoch, done = epoch + 1, 0
+
+
+def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set: datasets.Dataset,
+                     test_set: datasets.Dataset, args: argparse.Namespace) -> TrainingState:
+    """AdamW, a transformers schedule, seeded loaders, `accelerator.prepare`, and resumption."""
+    from transformers import get_scheduler
+
+    per_step = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    if len(train_set) < per_step:
+        raise SystemExit(f"{len(train_set)} training examples are fewer than one step needs ({per_step}); "
+                         "lower --batch_size.")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    # the prepared scheduler steps once per process each step, hence the factor
+    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_steps * accelerator.num_processes)
+    # Loaders with their own generators: starting an epoch must not draw from the global RNG, or a
+    # resumed run (which starts mid-epoch) would be one draw out of step.
+    train_loader = DataLoader(train_set.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(args.seed))
+    test_loader = DataLoader(test_set.with_format("torch"), batch_size=args.eval_batch_size,
+                             generator=torch.Generator().manual_seed(args.seed))
+    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, test_loader, scheduler
+    )
+    step = 0
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        accelerator.load_state(str(checkpoint))
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        accelerator.print(f"resumed from {checkpoint} at step {step}")
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step)
+
+
+def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor, max_grad_norm: float) -> None:
+    """Backward, clip, step and zero, inside `accelerator.accumulate` by the caller."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and max_grad_norm > 0:
+        accelerator.clip_grad_norm_(state.model.parameters(), max_grad_norm)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad()
+
+
+def mean_finite_loss(accelerator: Accelerator, loss: torch.Tensor, step: int) -> float:
+    """The loss averaged over processes; a non-finite one stops every process with the step named."""
+    value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"loss became {value} at step {step}; nothing was saved after the last checkpoint. Lower "
+            "--learning_rate or use --mixed_precision no, then resume with --resume_from_checkpoint latest."
+        )
+    return value
+
+
+def finish_step(accelerator: Accelerator, args: argparse.Namespace, step: int, start: float, log) -> bool:
+    """Checkpoint if due; True when the run should stop (max_steps or max_train_minutes reached)."""
+    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+        save_checkpoint(accelerator, args.output_dir, step)
+        if accelerator.is_main_process:
+            prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+    if args.max_train_minutes is not None and out_of_time(accelerator, start, args.max_train_minutes):
+        log(f"stopping at step {step}: --max_train_minutes {args.max_train_minutes} reached")
+        return True
+    return step >= args.max_steps
