@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import emit, header  # noqa: E402
 
 from stage1_tokenizer.train import main as train  # noqa: E402
 
@@ -48,10 +48,7 @@ def main() -> None:
         raise SystemExit(f"{args.data} does not exist: pass --data with the folder of MNIST IDX files")
 
     results: dict = {
-        "benchmark": "stage1_mnist",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+        **header("stage1_mnist"),
         "dataset": args.data,
         "budget_minutes": args.minutes,
         "models": {},
@@ -73,11 +70,7 @@ def main() -> None:
             summary["images_per_second"] = round(args.batch_size / per_step, 1)
             results["models"][model] = summary
             print(json.dumps({model: summary}), file=sys.stderr)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,17 @@ DIR/vqvae). Prints one JSON object; `--out` also writes it.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import emit, header  # noqa: E402
 
 from stage1_tokenizer import VQVAE  # noqa: E402
 from stage2_prior import encode_dataset, load_prior, sample_codes  # noqa: E402
@@ -53,10 +53,7 @@ def main() -> None:
 
     tokenizer = VQVAE.from_pretrained(args.tokenizer)
     results: dict = {
-        "benchmark": "stage2_mnist",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+        **header("stage2_mnist"),
         "tokenizer": args.tokenizer,
         "dataset": args.data,
         "budget_minutes": args.minutes,
@@ -86,11 +83,7 @@ def main() -> None:
         results["sampling"] = {"batch": args.sample_batch, "tokens_per_second_kv_cache": round(with_cache, 1),
                                "tokens_per_second_no_cache": round(without, 1),
                                "speedup": round(with_cache / without, 2)}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":
