@@ -1,0 +1,7 @@
+"""vqgen pipelines: chain a tokenizer and a prior, and sample any model family through one call."""
+
+from .generation import SamplingSettings, generate
+from .loading import load_model
+from .pipeline import PipelineConfig, TwoStagePipeline
+
+__all__ = ["PipelineConfig", "SamplingSettings", "TwoStagePipeline", "generate", "load_model"]

@@ -78,6 +78,7 @@ def sample_codes(
     guidance_scale: float = 1.0,
     generator: Generators = None,
     use_cache: bool = True,
+    prompt_codes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample `num_samples` code grids `b h w` (long, in [0, K)) from `prior`.
 
@@ -85,7 +86,8 @@ def sample_codes(
     unconditional samples (the null class of a conditional prior). With `guidance_scale` s != 1
     the conditional and unconditional sequences run as one batch and the logits are combined as
     uncond + s * (cond - uncond). `use_cache=False` recomputes the whole prefix at every step (only
-    for measuring what the key/value cache saves).
+    for measuring what the key/value cache saves). `prompt_codes` (`b t` long, the first t codes
+    in raster order) are kept and only the rest of each grid is sampled (image completion).
     """
     spec = prior_spec(prior)
     vocab = spec.vocabulary
@@ -99,12 +101,19 @@ def sample_codes(
         if labels.shape != (num_samples,):
             raise ValueError(f"class_labels must have shape [{num_samples}], got {tuple(labels.shape)}")
     tokens = vocab.prefix(labels, num_samples, device)
+    if prompt_codes is not None:
+        prompt_codes = torch.as_tensor(prompt_codes, device=device)
+        if prompt_codes.ndim != 2 or prompt_codes.shape[0] != num_samples or prompt_codes.shape[1] >= h * w:
+            raise ValueError(f"prompt_codes must have shape [{num_samples}, t] with t < {h * w}, got {tuple(prompt_codes.shape)}")
+        if prompt_codes.is_floating_point() or (prompt_codes.numel() and (prompt_codes.min() < 0 or prompt_codes.max() >= k)):
+            raise ValueError(f"prompt_codes must be integer codes in [0, {k - 1}]")
+        tokens = torch.cat([tokens, prompt_codes.long()], dim=1)
     guided = guidance_scale != 1.0
     if guided:
-        tokens = torch.cat([tokens, vocab.prefix(None, num_samples, device)])
+        tokens = torch.cat([tokens, torch.cat([vocab.prefix(None, num_samples, device), tokens[:, 1:]], dim=1)])
 
     past = None
-    for _ in range(h * w):
+    for _ in range(h * w - (tokens.shape[1] - 1)):
         if use_cache:
             out = prior(input_ids=tokens if past is None else tokens[:, -1:], past_key_values=past, use_cache=True)
             past = out.past_key_values

@@ -1,0 +1,144 @@
+"""Sample many images on 1..N processes, resumably.
+
+    accelerate launch -m pipelines.sample --model runs/quickstart/pipeline --num_samples 1000 --out runs/samples
+
+The N samples are cut into shards of `--batch_size` consecutive indices; process r draws shards
+r, r + P, r + 2P, ... and writes each as `OUT/shards/shard-XXXXXX.npz` (atomically). Sample i is
+seeded from (seed, i), so 1 process and P processes give identical images. A rerun skips shards
+already on disk. When every shard is there, the main process writes `OUT/samples.npz` (`images`
+uint8 `n h w c`, `labels`, `seeds`) and `OUT/samples.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from stage1_tokenizer.atomic_io import atomic_write_bytes, atomic_write_text
+from stage1_tokenizer.image_grid import save_image_grid
+
+from .generation import resolve_labels, resolve_settings, sample_images, sample_seed
+from .loading import load_model
+
+MANIFEST = "manifest.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="accelerate launch -m pipelines.sample",
+        description="Sample images from a two-stage pipeline, a VAE or a CVAE into an .npz and a PNG grid; "
+                    "the work is split across processes and a rerun resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="folder or Hub id of a pipeline, VAE or CVAE")
+    p.add_argument("--num_samples", type=int, required=True, help="how many images")
+    p.add_argument("--out", required=True, help="output folder (shards/, samples.npz, samples.png)")
+    p.add_argument("--class_labels", nargs="+", default=None,
+                   help="class ids or names: one for all samples, or cycled over the samples (e.g. 0 1 2 ... 9)")
+    p.add_argument("--seed", type=int, default=0, help="sample i is drawn with seed (seed, i)")
+    p.add_argument("--batch_size", type=int, default=64, help="samples per shard and per forward pass")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the pipeline's)")
+    p.add_argument("--top_k", type=int, default=None, help="keep the k most likely codes")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass")
+    p.add_argument("--guidance_scale", type=float, default=None,
+                   help="classifier-free guidance (default: the pipeline's, when classes are given)")
+    args = p.parse_args(argv)
+    if args.num_samples <= 0:
+        p.error(f"--num_samples must be positive, got {args.num_samples}")
+    if args.batch_size <= 0:
+        p.error(f"--batch_size must be positive, got {args.batch_size}")
+    return args
+
+
+def cycled_labels(class_labels: list[str] | None, num_samples: int) -> list[int | str] | None:
+    """Command-line labels, repeated over the samples: `0 1 2` -> 0 1 2 0 1 2 ..."""
+    if class_labels is None:
+        return None
+    values = [int(v) if v.lstrip("-").isdigit() else v for v in class_labels]
+    return [values[i % len(values)] for i in range(num_samples)]
+
+
+def write_shard(path: Path, images: torch.Tensor, labels: torch.Tensor | None, seeds: list[int]) -> None:
+    buffer = io.BytesIO()
+    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    np.savez(buffer, images=pixels, labels=np.full(len(seeds), -1) if labels is None else labels.numpy(),
+             seeds=np.asarray(seeds, dtype=np.uint64))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """A rerun may resume only the same request; anything else would mix two sets of samples."""
+    path = out / MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != manifest:
+            changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
+            raise SystemExit(f"{out} holds shards of another sampling run (different {changed}); "
+                             "use another --out, or delete it to start over.")
+    else:
+        atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    state = Accelerator()  # not PartialState: only Accelerator honours ACCELERATE_USE_CPU (gloo on CPU)
+    out = Path(args.out)
+    model = load_model(args.model, generative=True)
+    labels = resolve_labels(model, cycled_labels(args.class_labels, args.num_samples), args.num_samples)
+    settings = resolve_settings(model, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                guidance_scale=args.guidance_scale, conditional_samples=labels is not None)
+    model.to(state.device)
+    manifest = {"model": args.model, "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
+                "labels": None if labels is None else labels.tolist(), "settings": dataclasses.asdict(settings)}
+    if state.is_main_process:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        check_manifest(out, manifest)
+    state.wait_for_everyone()
+
+    starts = list(range(0, args.num_samples, args.batch_size))
+    mine = starts[state.process_index :: state.num_processes]
+    written = 0
+    for start in tqdm(mine, desc="sample shards", disable=not state.is_local_main_process):
+        path = out / "shards" / f"shard-{start // args.batch_size:06d}.npz"
+        if path.is_file():
+            continue  # done by an earlier, interrupted run
+        indices = range(start, min(start + args.batch_size, args.num_samples))
+        batch_labels = None if labels is None else labels[indices.start : indices.stop]
+        images = sample_images(model, indices, batch_labels, settings, args.seed)
+        write_shard(path, images, batch_labels, [sample_seed(args.seed, i) for i in indices])
+        written += 1
+    # every process reports what it did: proves who took part and lets rank 0 count the work
+    written_per_process = gather_object([written])
+    state.wait_for_everyone()
+
+    summary = {"num_samples": args.num_samples, "processes_seen": len(written_per_process),
+               "shards_written_per_process": written_per_process, "shards_total": len(starts)}
+    if state.is_main_process:
+        shards = [np.load(out / "shards" / f"shard-{s // args.batch_size:06d}.npz") for s in starts]
+        images = np.concatenate([s["images"] for s in shards])
+        buffer = io.BytesIO()
+        np.savez(buffer, images=images, labels=np.concatenate([s["labels"] for s in shards]),
+                 seeds=np.concatenate([s["seeds"] for s in shards]))
+        atomic_write_bytes(out / "samples.npz", buffer.getvalue())
+        grid = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 255
+        save_image_grid(grid, out / "samples.png", nrow=10)
+        atomic_write_text(out / "sampling_summary.json", json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary))
+        print(f"wrote {out / 'samples.npz'} ({len(images)} images) and {out / 'samples.png'}")
+    state.wait_for_everyone()
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

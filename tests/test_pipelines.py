@@ -1,0 +1,219 @@
+"""pipelines: generate() for every family, determinism, the saved layout, clear errors, distributed sampling."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pipelines
+from pipelines import TwoStagePipeline, generate
+from pipelines.sample import main as sample_main
+from stage1_tokenizer import CVAE, VAE, VQVAE
+from stage2_prior import TokenizerSpec, build_prior
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = [str(i) for i in range(10)]
+
+
+def tiny_tokenizer(codebook_size=16, seed=0):
+    torch.manual_seed(seed)
+    tok = VQVAE(codebook_size=codebook_size, code_dim=4, channels=8, num_res_blocks=1, class_names=DIGITS)
+    tok.train()
+    tok(torch.rand(32, 1, 28, 28))  # initialise the codebook from data
+    return tok.eval()
+
+
+def tiny_pipeline(classes=DIGITS):
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    prior = build_prior(TokenizerSpec.from_tokenizer(tok, "tok"), classes, num_layers=1, hidden_size=32, num_heads=2)
+    return TwoStagePipeline(tok, prior.eval())
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory, pipe):
+    return pipe.save_pretrained(tmp_path_factory.mktemp("pipe") / "pipeline")
+
+
+def family(name):
+    torch.manual_seed(0)
+    return {"pipeline": tiny_pipeline,
+            "vae": lambda: VAE(latent_dim=4, channels=8, num_res_blocks=1).eval(),
+            "cvae": lambda: CVAE(latent_dim=4, channels=8, num_res_blocks=1).eval()}[name]()
+
+
+@pytest.mark.parametrize("name", ["pipeline", "vae", "cvae"])
+def test_generate_every_family_and_output_type(name):
+    model = family(name)
+    labels = [3, 1, 4] if name != "vae" else None
+    pt = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="pt")
+    assert pt.shape == (3, 1, 28, 28) and pt.dtype == torch.float32 and 0 <= pt.min() and pt.max() <= 1
+    arr = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="np")
+    assert arr.shape == (3, 28, 28, 1) and arr.dtype == np.float32
+    pil = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="pil")
+    assert len(pil) == 3 and all(isinstance(im, Image.Image) and im.size == (28, 28) and im.mode == "L" for im in pil)
+    torch.testing.assert_close(torch.from_numpy(arr).permute(0, 3, 1, 2), pt)
+    assert np.array_equal(np.stack([np.asarray(im) for im in pil]), (arr[..., 0] * 255).round().astype(np.uint8))
+    other = generate(model, num_samples=3, class_labels=labels, seed=1, output_type="pt")
+    assert not torch.allclose(pt, other)  # another seed, other images
+
+
+@pytest.mark.parametrize("name", ["pipeline", "vae", "cvae"])
+def test_same_seed_same_images_whatever_the_batch_size(name):
+    model = family(name)
+    labels = [i % 10 for i in range(7)] if name != "vae" else None
+    whole = generate(model, num_samples=7, class_labels=labels, seed=5, batch_size=7, output_type="pt")
+    pieces = generate(model, num_samples=7, class_labels=labels, seed=5, batch_size=3, output_type="pt")
+    # the codes are identical; decoding batches of another size may differ in the last float bit
+    torch.testing.assert_close(whole, pieces, rtol=0, atol=1e-5)
+    first = generate(model, num_samples=2, class_labels=labels[:2] if labels else None, seed=5, output_type="pt")
+    torch.testing.assert_close(whole[:2], first, rtol=0, atol=1e-5)
+
+
+def test_class_names_and_ids_give_the_same_samples(pipe):
+    by_id = generate(pipe, num_samples=4, class_labels=[7, 7, 2, 0], seed=3, output_type="pt")
+    by_name = generate(pipe, num_samples=4, class_labels=["7", "7", "2", "0"], seed=3, output_type="pt")
+    one_for_all = generate(pipe, num_samples=2, class_labels="7", seed=3, output_type="pt")
+    torch.testing.assert_close(by_id, by_name)
+    torch.testing.assert_close(by_id[:2], one_for_all, rtol=0, atol=1e-5)
+
+
+def test_guidance_changes_conditional_samples(pipe):
+    plain = generate(pipe, num_samples=4, class_labels=1, seed=0, guidance_scale=1.0, output_type="pt")
+    guided = generate(pipe, num_samples=4, class_labels=1, seed=0, guidance_scale=4.0, output_type="pt")
+    assert not torch.allclose(plain, guided)
+
+
+def test_saved_layout_round_trip_gives_identical_samples(pipe, saved_pipeline):
+    folder = saved_pipeline
+    assert {p.name for p in folder.iterdir()} >= {"pipeline_config.json", "tokenizer", "prior", "README.md", "samples.png"}
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (folder / "tokenizer").iterdir()}
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (folder / "prior").iterdir()}
+    config = json.loads((folder / "pipeline_config.json").read_text())
+    assert config["class_names"] == DIGITS and config["image_size"] == 28 and config["guidance_scale"] == 2.0
+    assert "![samples](samples.png)" in (folder / "README.md").read_text()
+    with Image.open(folder / "samples.png") as grid:
+        assert grid.size[0] > 8 * 28
+    loaded = TwoStagePipeline.from_pretrained(folder)
+    a = generate(pipe, num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt")
+    b = generate(loaded, num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt")
+    c = generate(str(folder), num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt")
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_from_parts_checks_that_the_halves_match(tmp_path, pipe):
+    pipe.tokenizer.save_pretrained(tmp_path / "tok")
+    from stage2_prior import save_prior
+
+    save_prior(pipe.prior, tmp_path / "prior")
+    again = TwoStagePipeline.from_parts(tmp_path / "tok", tmp_path / "prior", guidance_scale=3.5)
+    assert again.config.guidance_scale == 3.5 and again.class_names == DIGITS
+    tiny_tokenizer(codebook_size=32).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="does not match the prior"):
+        TwoStagePipeline.from_parts(tmp_path / "other", tmp_path / "prior")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(class_labels="seven"), ValueError, "unknown class name 'seven'"),
+    (dict(class_labels=10), ValueError, "out of range"),
+    (dict(class_labels=[1, 2, 3]), ValueError, "3 class labels for num_samples=2"),
+    (dict(num_samples=0), ValueError, "num_samples must be a positive integer"),
+    (dict(num_samples=-3), ValueError, "num_samples"),
+    (dict(guidance_scale=3.0), ValueError, "needs class_labels"),
+    (dict(class_labels=1, temperature=0.0), ValueError, "temperature"),
+    (dict(class_labels=1, top_p=0.0), ValueError, "top_p"),
+    (dict(class_labels=1, top_k=10_000), ValueError, "top_k"),
+    (dict(output_type="jpeg"), ValueError, "output_type"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+])
+def test_bad_arguments_are_refused_before_any_work(pipe, kwargs, error, match, monkeypatch):
+    import pipelines.generation as gen
+
+    monkeypatch.setattr(gen, "sample_images", lambda *a, **k: pytest.fail("sampled before refusing"))
+    with pytest.raises(error, match=match):
+        generate(pipe, **{"num_samples": 2, **kwargs})
+
+
+def test_family_specific_refusals():
+    unconditional = tiny_pipeline(classes=None)
+    with pytest.raises(ValueError, match="unconditional"):
+        generate(unconditional, num_samples=2, class_labels=1)
+    with pytest.raises(ValueError, match="class-conditional"):
+        generate(unconditional, num_samples=2, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="no prior"):
+        generate(tiny_tokenizer(), num_samples=2)
+    with pytest.raises(ValueError, match="apply to a two-stage pipeline"):
+        generate(VAE(latent_dim=4, channels=8), num_samples=2, top_k=5)
+    with pytest.raises(ValueError, match="unconditional"):
+        generate(VAE(latent_dim=4, channels=8), num_samples=2, class_labels=3)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    from stage1_tokenizer import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="neither an existing local folder nor a valid Hub repo id"):
+        generate(str(tmp_path / "no" / "such" / "model"), num_samples=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sampling_script_resumes_without_redoing_shards(tmp_path, saved_pipeline):
+    args = ["--model", str(saved_pipeline), "--num_samples", "10", "--batch_size", "4", "--class_labels", "0", "1", "2",
+            "--seed", "1", "--out", str(tmp_path / "s")]
+    first = sample_main(args)
+    assert first["shards_total"] == 3 and first["shards_written_per_process"] == [3]
+    data = np.load(tmp_path / "s" / "samples.npz")
+    assert data["images"].shape == (10, 28, 28, 1) and data["images"].dtype == np.uint8
+    assert data["labels"].tolist() == [i % 3 for i in range(10)]
+    direct = generate(saved_pipeline, num_samples=10, class_labels=[i % 3 for i in range(10)], seed=1, batch_size=4,
+                      output_type="np")
+    assert np.array_equal(data["images"], (direct * 255).round().astype(np.uint8))
+    (tmp_path / "s" / "shards" / "shard-000001.npz").unlink()  # as if killed before this shard was written
+    again = sample_main(args)
+    assert again["shards_written_per_process"] == [1]
+    assert np.array_equal(np.load(tmp_path / "s" / "samples.npz")["images"], data["images"])
+    with pytest.raises(SystemExit, match="another sampling run"):
+        sample_main([*args[:-2], "--out", str(tmp_path / "s"), "--temperature", "0.5"])
+
+
+def test_two_processes_sample_the_same_set_as_one(tmp_path, saved_pipeline):
+    common = ["--model", str(saved_pipeline), "--num_samples", "9", "--batch_size", "2", "--class_labels", "4", "--seed", "2"]
+    sample_main([*common, "--out", str(tmp_path / "one")])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "pipelines.sample", *common, "--out", str(tmp_path / "two")]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "sampling_summary.json").read_text())
+    assert summary["processes_seen"] == 2 and sorted(summary["shards_written_per_process"]) == [2, 3]
+    one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
+    for key in ("images", "labels", "seeds"):
+        assert np.array_equal(one[key], two[key]), key
+    assert (tmp_path / "two" / "samples.png").is_file()
+
+
+def test_sample_script_help():
+    result = subprocess.run([sys.executable, "-m", "pipelines.sample", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 0 and "--guidance_scale" in result.stdout and "--num_samples" in result.stdout
+
+
+def test_public_names():
+    assert pipelines.generate is generate and pipelines.TwoStagePipeline is TwoStagePipeline
