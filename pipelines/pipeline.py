@@ -129,7 +129,7 @@ class TwoStagePipeline:
         self.tokenizer.save_pretrained(folder / "tokenizer")
         save_prior(self.prior, folder / "prior")
         if sample_grid:
-            labels = [i % self.num_classes for i in range(8 * self.num_classes)] if self.num_classes else None
+            labels = [c for c in range(self.num_classes) for _ in range(8)] if self.num_classes else None
             images = generate(self, num_samples=len(labels) if labels else 64, class_labels=labels, seed=0,
                               output_type="pt", device=self.device, progress=False)
             save_image_grid(images, folder / SAMPLES_NAME, nrow=8)

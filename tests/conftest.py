@@ -2,6 +2,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from two intra-op threads, and on a busy 2-core machine the threads'
+# barriers stall (a tiny VAE step went from 0.05 s to 1.1 s beside a benchmark).
+torch.set_num_threads(1)
 
 # Tests never reach the Hub; the one test that talks to a local Hub double turns this off in its subprocess.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
