@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prior_steps", type=int, default=1500, help="prior training steps")
     p.add_argument("--guidance_scale", type=float, default=2.0, help="classifier-free guidance of the sample grid")
     p.add_argument("--seed", type=int, default=0, help="seed of both trainings and of the samples")
+    p.add_argument("--max_train_samples", type=int, default=None, help="train on only the first N images (smoke tests)")
     return p.parse_args(argv)
 
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir)
     start = time.time()
     common = ["--dataset", args.dataset, "--seed", str(args.seed), "--checkpointing_steps", "0"]
+    if args.max_train_samples:
+        common += ["--max_train_samples", str(args.max_train_samples)]
     stage1 = train_tokenizer(["--model", "vqvae", "--output_dir", str(out / "tokenizer"), "--max_steps",
                               str(args.tokenizer_steps), "--eval_steps", str(args.tokenizer_steps), *common])
     stage2 = train_prior(["--tokenizer", str(out / "tokenizer"), "--output_dir", str(out / "prior"),

@@ -81,3 +81,32 @@ def test_missing_repo_and_offline_give_clear_errors(hub, tmp_path):
     assert "ERROR:" in missing.stdout and "not a local folder" in missing.stdout and "save_pretrained" in missing.stdout
     offline = run_client(code, endpoint, tmp_path, offline=True)
     assert "ERROR:" in offline.stdout and "offline" in offline.stdout.lower()
+
+
+PIPELINE_PUSH_AND_LOAD = """
+    import json, torch
+    import pipelines
+    from stage1_tokenizer import VQVAE
+    from stage2_prior import TokenizerSpec, build_prior
+    torch.manual_seed(0)
+    tok = VQVAE(codebook_size=16, code_dim=4, channels=8, num_res_blocks=1)
+    tok.train(); tok(torch.rand(16, 1, 28, 28)); tok.eval()
+    prior = build_prior(TokenizerSpec.from_tokenizer(tok, "tok"), ["a", "b"], num_layers=1, hidden_size=16, num_heads=2)
+    pipe = pipelines.TwoStagePipeline(tok, prior.eval())
+    pipe.push_to_hub("user/tiny-pipeline")
+    before = pipelines.generate(pipe, num_samples=4, class_labels=["a", "b", "a", "b"], seed=3, output_type="pt")
+    after = pipelines.generate("user/tiny-pipeline", num_samples=4, class_labels=["a", "b", "a", "b"], seed=3,
+                               output_type="pt")
+    print(json.dumps({"same": torch.equal(before, after)}))
+"""
+
+
+def test_pipeline_push_to_hub_then_generate_from_the_repo_id(hub, tmp_path):
+    endpoint, state = hub
+    result = run_client(PIPELINE_PUSH_AND_LOAD, endpoint, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["same"]
+    files = set(state.repos["user/tiny-pipeline"].files)
+    assert {"pipeline_config.json", "README.md", "samples.png", "tokenizer/config.json", "tokenizer/model.safetensors",
+            "prior/config.json", "prior/model.safetensors"} <= files
+    assert "![samples](samples.png)" in state.repos["user/tiny-pipeline"].files["README.md"].decode()

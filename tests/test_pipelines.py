@@ -217,3 +217,19 @@ def test_sample_script_help():
 
 def test_public_names():
     assert pipelines.generate is generate and pipelines.TwoStagePipeline is TwoStagePipeline
+
+
+def test_quickstart_chains_both_trainings_and_prints_the_images(tmp_path, capsys):
+    from pipelines.quickstart import main as quickstart
+
+    summary = quickstart(["--output_dir", str(tmp_path), "--tokenizer_steps", "2", "--prior_steps", "2",
+                          "--max_train_samples", "256"])
+    printed = capsys.readouterr().out
+    for path in (tmp_path / "tokenizer" / "reconstructions.png", tmp_path / "pipeline" / "samples.png",
+                 tmp_path / "overview.png"):
+        assert path.is_file() and str(path) in printed
+    with Image.open(tmp_path / "pipeline" / "samples.png") as grid:
+        assert grid.size[1] > 10 * 28  # one row per digit class
+    pipe = TwoStagePipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipe.class_names == DIGITS and pipe.config.guidance_scale == 2.0
+    assert summary["prior_test_bits_per_pixel_dim"] > 0 and 0 < summary["codebook_usage"] <= 1
