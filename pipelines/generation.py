@@ -7,7 +7,6 @@ same images whatever the batch size or the number of processes that share the wo
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -197,7 +196,3 @@ def generate(
         batch_labels = None if labels is None else labels[indices.start : indices.stop]
         batches.append(sample_images(model, indices, batch_labels, settings, seed).cpu())
     return to_output(torch.cat(batches), output_type)
-
-
-def num_batches(num_samples: int, batch_size: int) -> int:
-    return math.ceil(num_samples / batch_size)

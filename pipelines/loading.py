@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stage1_tokenizer import VQVAE, ModelLoadError, PretrainedModel, load_pretrained
+from stage1_tokenizer import VQVAE, PretrainedModel, load_pretrained
 
 from .pipeline import PIPELINE_CONFIG_NAME, TwoStagePipeline
 
@@ -43,6 +43,3 @@ def load_model(model: GenerativeModel | str | os.PathLike, *, generative: bool =
         raise ValueError("a VQ-VAE alone cannot sample images: it has no prior. Train one with "
                          "stage2_prior.train and use TwoStagePipeline.from_parts(tokenizer, prior).")
     return model
-
-
-__all__ = ["GenerativeModel", "ModelLoadError", "load_model"]

@@ -31,7 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_dir", default="runs/quickstart", help="everything goes here")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="any dataset spec (default: the embedded digits)")
     p.add_argument("--tokenizer_steps", type=int, default=400, help="VQ-VAE training steps")
-    p.add_argument("--prior_steps", type=int, default=1500, help="prior training steps")
+    p.add_argument("--prior_steps", type=int, default=1200, help="prior training steps")
+    p.add_argument("--prior_layers", type=int, default=4, help="transformer blocks of the prior")
+    p.add_argument("--prior_hidden_size", type=int, default=192, help="width of the prior")
+    p.add_argument("--minutes", type=float, default=13.0,
+                   help="time limit of the two trainings together (a third for the tokenizer), so the whole run "
+                        "stays within 15 minutes on 2 CPU cores")
     p.add_argument("--guidance_scale", type=float, default=2.0, help="classifier-free guidance of the sample grid")
     p.add_argument("--seed", type=int, default=0, help="seed of both trainings and of the samples")
     p.add_argument("--max_train_samples", type=int, default=None, help="train on only the first N images (smoke tests)")
@@ -55,10 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_train_samples:
         common += ["--max_train_samples", str(args.max_train_samples)]
     stage1 = train_tokenizer(["--model", "vqvae", "--output_dir", str(out / "tokenizer"), "--max_steps",
-                              str(args.tokenizer_steps), "--eval_steps", str(args.tokenizer_steps), *common])
+                              str(args.tokenizer_steps), "--eval_steps", str(args.tokenizer_steps),
+                              "--max_train_minutes", str(args.minutes / 3), *common])
     stage2 = train_prior(["--tokenizer", str(out / "tokenizer"), "--output_dir", str(out / "prior"),
                           "--cache_dir", str(out / "code_cache"), "--max_steps", str(args.prior_steps),
-                          "--eval_steps", str(args.prior_steps), "--sample_steps", "0", *common])
+                          "--eval_steps", str(args.prior_steps), "--sample_steps", "0",
+                          "--num_layers", str(args.prior_layers), "--hidden_size", str(args.prior_hidden_size),
+                          "--max_train_minutes", str(args.minutes * 2 / 3), *common])
     pipe = TwoStagePipeline.from_parts(out / "tokenizer", out / "prior", guidance_scale=args.guidance_scale)
     pipe.config.evaluation = {"tokenizer test PSNR": stage1["test/psnr"],
                               "prior test bits/pixel-dim": stage2["test/bits_per_pixel_dim"]}

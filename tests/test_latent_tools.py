@@ -48,7 +48,7 @@ def vae() -> VAE:
 
 
 @pytest.fixture(scope="module")
-def test_digits() -> tuple[torch.Tensor, torch.Tensor]:
+def held_out_digits() -> tuple[torch.Tensor, torch.Tensor]:
     return digits("test", 64)
 
 
@@ -78,8 +78,8 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 # -- interpolate ---------------------------------------------------------------------------------------
-def test_interpolation_ends_at_the_reconstructions_and_moves_in_between(vae, test_digits):
-    x, _ = test_digits
+def test_interpolation_ends_at_the_reconstructions_and_moves_in_between(vae, held_out_digits):
+    x, _ = held_out_digits
     out = lt.interpolate(vae, x[0], x[1:2], steps=5)
     assert out.shape == (5, 1, 28, 28)
     assert close(out[0], vae.reconstruct(x[:1])[0]) and close(out[-1], vae.reconstruct(x[1:2])[0])
@@ -107,8 +107,8 @@ def test_interpolation_refuses_bad_input(vae, cvae):
 
 
 # -- traverse ------------------------------------------------------------------------------------------
-def test_traverse_at_the_images_own_value_reproduces_its_reconstruction(vae, test_digits):
-    x = test_digits[0][:1]
+def test_traverse_at_the_images_own_value_reproduces_its_reconstruction(vae, held_out_digits):
+    x = held_out_digits[0][:1]
     z = vae.encode(x).mean[0]
     out = lt.traverse(vae, x[0], dim=1, values=[z[1].item(), z[1].item() + 2.0])
     assert out.shape == (2, 1, 28, 28)
@@ -141,26 +141,26 @@ def test_traverse_refuses_out_of_range_dims_and_wrong_shapes(vae, vqvae):
 
 # -- anomaly scores ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("score", ["reconstruction", "negative_elbo"])
-def test_real_digits_score_lower_than_noise(vae, test_digits, score):
-    normal = lt.anomaly_score(vae, test_digits[0], score=score)
+def test_real_digits_score_lower_than_noise(vae, held_out_digits, score):
+    normal = lt.anomaly_score(vae, held_out_digits[0], score=score)
     anomalous = lt.anomaly_score(vae, noise(64), score=score)
     assert normal.shape == anomalous.shape == (64,)
     assert normal.mean() < anomalous.mean()
     assert lt.roc_auc(normal, anomalous) > 0.95
     # chunking the batch changes nothing
-    assert torch.allclose(lt.anomaly_score(vae, test_digits[0], score=score, batch_size=7), normal, atol=1e-4)
+    assert torch.allclose(lt.anomaly_score(vae, held_out_digits[0], score=score, batch_size=7), normal, atol=1e-4)
 
 
-def test_reconstruction_score_is_the_per_image_mse(vae, vqvae, test_digits):
-    x = test_digits[0][:8]
+def test_reconstruction_score_is_the_per_image_mse(vae, vqvae, held_out_digits):
+    x = held_out_digits[0][:8]
     for model in (vae, vqvae):
         expected = (model.reconstruct(x) - x).pow(2).mean((1, 2, 3))
         assert close(lt.anomaly_score(model, x), expected)
 
 
-def test_real_digits_score_lower_than_fashion(vae, test_digits, fashion_dir):
+def test_real_digits_score_lower_than_fashion(vae, held_out_digits, fashion_dir):
     fashion = images_to_tensor(load_cached(str(fashion_dir), "test", max_samples=64).with_format("torch")[:]["image"])
-    normal, fashion = lt.anomaly_score(vae, test_digits[0]), lt.anomaly_score(vae, fashion)
+    normal, fashion = lt.anomaly_score(vae, held_out_digits[0]), lt.anomaly_score(vae, fashion)
     assert lt.roc_auc(normal, fashion) > 0.75
 
 
@@ -191,8 +191,8 @@ def test_roc_auc_of_perfect_reversed_and_tied_scores():
 
 
 # -- augment -------------------------------------------------------------------------------------------
-def test_vae_augment_gives_n_distinct_reproducible_variations(vae, test_digits):
-    x = test_digits[0][0]
+def test_vae_augment_gives_n_distinct_reproducible_variations(vae, held_out_digits):
+    x = held_out_digits[0][0]
     out = lt.augment(vae, x, 6, seed=3)
     assert out.shape == (6, 1, 28, 28)
     assert all((out[i] - out[j]).abs().max() > 1e-4 for i in range(6) for j in range(i))
@@ -227,17 +227,17 @@ def test_augment_refusals(vqvae, pipe, vae):
 
 # -- attribute directions and edits --------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["vae", "vqvae"])
-def test_edit_at_strength_zero_is_the_reconstruction(which, vae, vqvae, test_digits):
+def test_edit_at_strength_zero_is_the_reconstruction(which, vae, vqvae, held_out_digits):
     model = vae if which == "vae" else vqvae
-    x = test_digits[0][:6]
+    x = held_out_digits[0][:6]
     assert torch.allclose(lt.attribute_direction(model, x, x), torch.zeros(lt.latent_shape(model)), atol=1e-6)
     direction = lt.attribute_direction(model, x[:3], x[3:])
     assert direction.shape == lt.latent_shape(model) and direction.abs().max() > 0
     assert close(lt.edit(model, x, direction, strength=0.0), model.reconstruct(x))
 
 
-def test_edit_adds_the_direction_in_latent_space(vae, test_digits):
-    x, y = test_digits
+def test_edit_adds_the_direction_in_latent_space(vae, held_out_digits):
+    x, y = held_out_digits
     ones, sevens = x[y == 1], x[y == 7]
     direction = lt.attribute_direction(vae, ones, sevens)
     assert close(direction, vae.encode(ones).mean.mean(0) - vae.encode(sevens).mean.mean(0))
@@ -264,8 +264,8 @@ def test_2d_tools_refuse_other_latents(cvae, vqvae, pipe, tmp_path):
     assert not (tmp_path / "s.png").exists()
 
 
-def test_plot_posterior_means_writes_a_png(vae, test_digits, tmp_path):
-    path = lt.plot_posterior_means(vae, *test_digits, tmp_path / "scatter.png")
+def test_plot_posterior_means_writes_a_png(vae, held_out_digits, tmp_path):
+    path = lt.plot_posterior_means(vae, *held_out_digits, tmp_path / "scatter.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (600, 600)
 
