@@ -1,11 +1,11 @@
 """What the pipelines issue reports: class-conditional accuracy of samples and anomaly ROC-AUC.
 
     python benchmarks/digit_classifier.py --out runs/classifier_mnist
-    python benchmarks/pipeline_mnist.py --pipeline runs/quickstart/pipeline --classifier runs/classifier_mnist \
-        --models runs/bench/vqvae runs/bench/vae runs/bench/cvae --out benchmarks/results/pipeline_mnist.json
+    python benchmarks/pipeline_mnist.py --pipelines runs/quickstart/pipeline runs/bench/pipeline \
+        --models runs/bench/vae runs/bench/cvae --out benchmarks/results/pipeline_mnist.json
 
 - Class-conditional accuracy: `--num_samples` samples (an equal number per class) from each
-  class-conditional model (`--pipeline`, and any CVAE in `--models`), judged by the digit classifier.
+  class-conditional model (`--pipelines`, and any CVAE in `--models`), judged by the digit classifier.
 - Anomaly detection: every stage-1 model in `--models` (and the pipeline's tokenizer) scores the
   MNIST test split (normal) and the Fashion-MNIST test split (anomalous); ROC-AUC per score.
 Prints one JSON object; `--out` also writes it.
@@ -44,7 +44,7 @@ def conditional_accuracy(model, judge: DigitClassifier, num_samples: int, **kwar
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", default=None, help="a TwoStagePipeline folder")
+    p.add_argument("--pipelines", nargs="*", default=[], help="TwoStagePipeline folders")
     p.add_argument("--classifier", default="runs/classifier_mnist", help="folder of benchmarks/digit_classifier.py")
     p.add_argument("--models", nargs="*", default=[], help="stage-1 model folders (VQ-VAE, VAE, CVAE)")
     p.add_argument("--mnist", default=str(SHARED / "mnist"))
@@ -60,11 +60,11 @@ def main() -> None:
     results: dict = {**header("pipeline_mnist"), "classifier_test_accuracy": round(accuracy(judge, mnist, mnist_labels), 4),
                      "conditional_samples": {}, "anomaly_roc_auc": {}}
     scored = {name: load_model(name) for name in args.models}
-    if args.pipeline:
-        pipe = load_model(args.pipeline)
-        results["conditional_samples"][args.pipeline] = [
+    for path in args.pipelines:
+        pipe = load_model(path)
+        results["conditional_samples"][path] = [
             conditional_accuracy(pipe, judge, args.num_samples, guidance_scale=s) for s in args.guidance_scales]
-        scored[f"{args.pipeline} (tokenizer)"] = pipe.tokenizer
+        scored[f"{path} (tokenizer)"] = pipe.tokenizer
     for name, model in scored.items():
         if isinstance(model, CVAE):
             results["conditional_samples"][name] = [conditional_accuracy(model, judge, args.num_samples)]
