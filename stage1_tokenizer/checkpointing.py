@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,12 +36,6 @@ def isolated_rng(device: torch.device) -> Iterator[None]:
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
         yield
-
-
-def out_of_time(accelerator: Accelerator, start: float, minutes: float) -> bool:
-    """Whether any process has used up `minutes` since `start`; every process gets the same answer."""
-    late = torch.tensor(float(time.time() - start > 60 * minutes), device=accelerator.device)
-    return bool(accelerator.reduce(late, reduction="sum").item() > 0)
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:

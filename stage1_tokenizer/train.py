@@ -25,7 +25,7 @@ from .checkpointing import isolated_rng
 from .data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
 from .image_grid import save_image_grid, save_reconstruction_grid
 from .training import (add_training_args, check_training_args, finish_step, make_accelerator, mean_finite_loss,
-                       optimizer_step, prepare_training)
+                       optimizer_step, prepare_training, stop_on_signals)
 
 MODELS: dict[str, type[PretrainedModel]] = {"vqvae": VQVAE, "vae": VAE, "cvae": CVAE}
 
@@ -225,4 +225,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with stop_on_signals():
+        main(sys.argv[1:])

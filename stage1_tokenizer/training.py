@@ -7,9 +7,12 @@ data order, checkpoints, resumption and time limits lives here once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
-from .checkpointing import find_checkpoint, out_of_time, prune_checkpoints, save_checkpoint
+from .checkpointing import find_checkpoint, prune_checkpoints, save_checkpoint
 
 
 def add_training_args(p: argparse.ArgumentParser, *, output_dir: str, batch_size: int, learning_rate: float,
@@ -156,13 +159,49 @@ def mean_finite_loss(accelerator: Accelerator, loss: torch.Tensor, step: int) ->
     return value
 
 
+class TrainingInterrupted(SystemExit):
+    """Raised after SIGTERM/SIGINT once a checkpoint is saved; exits the script with status 0."""
+
+
+_received_signal: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While active, SIGTERM/SIGINT only set a flag: the step loop checkpoints at the next step and exits.
+
+    Installed by the scripts' entry points only, so in-process callers keep their own handlers.
+    """
+    def remember(signum: int, frame: object) -> None:
+        global _received_signal
+        _received_signal = signum
+
+    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def finish_step(accelerator: Accelerator, args: argparse.Namespace, step: int, start: float, log) -> bool:
-    """Checkpoint if due; True when the run should stop (max_steps or max_train_minutes reached)."""
-    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-        save_checkpoint(accelerator, args.output_dir, step)
+    """Checkpoint if due; True when the run should stop (max_steps or max_train_minutes reached).
+
+    After a stop signal on any process, every process saves a checkpoint and raises
+    `TrainingInterrupted`. The flags are reduced over processes so all of them take the same branch.
+    """
+    late = args.max_train_minutes is not None and time.time() - start > 60 * args.max_train_minutes
+    flags = torch.tensor([float(_received_signal is not None), float(late)], device=accelerator.device)
+    interrupted, late = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+    if interrupted or (args.checkpointing_steps and step % args.checkpointing_steps == 0):
+        checkpoint = save_checkpoint(accelerator, args.output_dir, step)
         if accelerator.is_main_process:
             prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-    if args.max_train_minutes is not None and out_of_time(accelerator, start, args.max_train_minutes):
+    log = log if accelerator.is_main_process else (lambda message: None)
+    if interrupted:
+        log(f"stopped by a signal at step {step}: saved {checkpoint}; continue with --resume_from_checkpoint latest")
+        raise TrainingInterrupted(0)
+    if late:
         log(f"stopping at step {step}: --max_train_minutes {args.max_train_minutes} reached")
         return True
     return step >= args.max_steps

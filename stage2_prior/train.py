@@ -26,7 +26,7 @@ from stage1_tokenizer.checkpointing import isolated_rng
 from stage1_tokenizer.data import DEFAULT_DATASET, class_names
 from stage1_tokenizer.image_grid import save_image_grid
 from stage1_tokenizer.training import (add_training_args, check_training_args, finish_step, make_accelerator,
-                                       mean_finite_loss, optimizer_step, prepare_training)
+                                       mean_finite_loss, optimizer_step, prepare_training, stop_on_signals)
 
 from .codes import DEFAULT_CACHE_DIR, encode_dataset
 from .prior import TokenizerSpec, build_prior, prior_spec
@@ -196,4 +196,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with stop_on_signals():
+        main(sys.argv[1:])

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,33 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
     b = load_file(tmp_path / "split" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:  # one CPU process: bit-identical, EMA statistics included
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_saves_a_checkpoint_exits_cleanly_and_resumes_to_the_same_weights(tmp_path, signum):
+    common = ["--model", "vqvae", "--lr_scheduler", "constant", "--seed", "3", "--eval_steps", "4", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([sys.executable, "-m", "stage1_tokenizer.train", *common, "--output_dir", str(tmp_path / "a"),
+                            "--max_steps", "100000", "--checkpointing_steps", "0"],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "a" / "metrics.jsonl").is_file():  # training is under way
+        assert run.poll() is None and time.time() < deadline, run.communicate()[1][-3000:]
+        time.sleep(0.2)
+    run.send_signal(signum)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-3000:]
+    [checkpoint] = (tmp_path / "a" / "checkpoints").iterdir()
+    stopped_at = int(checkpoint.name.removeprefix("checkpoint-"))
+    assert stopped_at >= 4 and "stopped by a signal" in out + err
+    assert not (tmp_path / "a" / "model.safetensors").exists()  # an interrupted run is not a finished model
+
+    train([*common, "--output_dir", str(tmp_path / "a"), "--max_steps", str(stopped_at + 3), "--checkpointing_steps",
+           "0", "--resume_from_checkpoint", "latest"])
+    train([*common, "--output_dir", str(tmp_path / "b"), "--max_steps", str(stopped_at + 3), "--checkpointing_steps", "0"])
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for key in a:
         assert torch.equal(a[key], b[key]), key
 
 
