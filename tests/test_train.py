@@ -88,6 +88,32 @@ def test_a_stop_signal_saves_a_checkpoint_exits_cleanly_and_resumes_to_the_same_
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip_a_byte", "delete"])
+def test_a_damaged_latest_checkpoint_is_caught_and_latest_falls_back(tmp_path, damage):
+    common = ["--model", "vqvae", "--lr_scheduler", "constant", "--eval_steps", "1000", "--seed", "3", *TINY]
+    train([*common, "--output_dir", str(tmp_path / "run"), "--max_steps", "4", "--checkpointing_steps", "2"])
+    weights = tmp_path / "run" / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "flip_a_byte":
+        weights.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    else:
+        weights.unlink()
+    with pytest.raises(ValueError, match="model.safetensors"):
+        train([*common, "--output_dir", str(tmp_path / "run"), "--max_steps", "5",
+               "--resume_from_checkpoint", str(weights.parent)])
+    with pytest.warns(UserWarning, match="skipping .*checkpoint-4"):
+        summary = train([*common, "--output_dir", str(tmp_path / "run"), "--max_steps", "5", "--checkpointing_steps",
+                         "0", "--resume_from_checkpoint", "latest"])
+    assert summary["steps"] == 5
+    train([*common, "--output_dir", str(tmp_path / "straight"), "--max_steps", "5", "--checkpointing_steps", "0"])
+    a = load_file(tmp_path / "run" / "model.safetensors")
+    b = load_file(tmp_path / "straight" / "model.safetensors")
+    for key in a:  # resumed from checkpoint-2, so it still matches an uninterrupted run
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_resume_latest_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(["--output_dir", str(tmp_path), "--max_steps", "2", "--resume_from_checkpoint", "latest", *TINY])
