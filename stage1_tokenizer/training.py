@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import math
+import pickle
 import signal
 import time
 from collections.abc import Iterator
@@ -130,7 +131,13 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set
     step = 0
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        accelerator.load_state(str(checkpoint))
+        try:
+            accelerator.load_state(str(checkpoint))  # torch.load(weights_only=True) under the hood
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"{checkpoint} holds training state that is more than tensors and numbers, and vqgen never "
+                f"unpickles code ({str(e).splitlines()[0]}). Resume from a checkpoint you trust."
+            ) from e
         step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     if accelerator.is_main_process:

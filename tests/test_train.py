@@ -114,6 +114,37 @@ def test_a_damaged_latest_checkpoint_is_caught_and_latest_falls_back(tmp_path, d
         assert torch.equal(a[key], b[key]), key
 
 
+class _Payload:
+    """Unpickling this runs code: it writes the file named by `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path):
+    import pickle
+
+    from stage1_tokenizer.checkpointing import TRAINER_STATE, file_digests
+
+    common = ["--model", "vqvae", "--eval_steps", "1000", *TINY]
+    train([*common, "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--checkpointing_steps", "2"])
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    marker = tmp_path / "pwned"
+    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    # an attacker who can plant files can also fix the checksums: only weights_only loading stands in the way
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    state["files"] = file_digests(checkpoint)
+    (checkpoint / TRAINER_STATE).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="never unpickles code"):
+        train([*common, "--output_dir", str(tmp_path / "run"), "--max_steps", "3", "--resume_from_checkpoint", "latest"])
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is real: plain unpickling runs it
+    assert marker.read_text() == "pwned"
+
+
 def test_resume_latest_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(["--output_dir", str(tmp_path), "--max_steps", "2", "--resume_from_checkpoint", "latest", *TINY])
