@@ -145,6 +145,60 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path):
     assert marker.read_text() == "pwned"
 
 
+def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """Killed -9 at three random moments (a checkpoint is written every step, so a kill may land in a save)."""
+    import random
+
+    common = ["--model", "vqvae", "--lr_scheduler", "constant", "--seed", "3", "--eval_steps", "1000",
+              "--checkpointing_steps", "1", "--max_steps", "40", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "killed"
+    rng, kills = random.Random(0), []
+    while True:
+        resume = ["--resume_from_checkpoint", "latest"] if (out / "checkpoints").is_dir() and any(
+            p.name.startswith("checkpoint-") for p in (out / "checkpoints").iterdir()) else []
+        run = subprocess.Popen([sys.executable, "-m", "stage1_tokenizer.train", *common, "--output_dir", str(out), *resume],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if len(kills) == 3:
+            assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
+            break
+        done_before = {p.name for p in (out / "checkpoints").glob("checkpoint-*")} if resume else set()
+        deadline = time.time() + 300
+        while not ({p.name for p in (out / "checkpoints").glob("checkpoint-*")} - done_before):  # a new step saved
+            assert run.poll() is None and time.time() < deadline, run.stderr.read()[-3000:]
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.4))  # somewhere in the next steps or saves
+        run.kill()
+        run.wait()
+        kills.append(sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")))
+    assert all(kills), kills  # every kill left at least one complete checkpoint behind
+    train([*common, "--output_dir", str(tmp_path / "straight")])
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    forward = VQVAE.forward
+
+    def poisoned(self, images, labels=None):
+        out = forward(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third training step
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(VQVAE, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        train(["--model", "vqvae", "--output_dir", str(tmp_path), "--max_steps", "6", "--eval_steps", "1000",
+               "--checkpointing_steps", "2", *TINY])
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert not (tmp_path / "model.safetensors").exists()
+    state = load_file(tmp_path / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 def test_resume_latest_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(["--output_dir", str(tmp_path), "--max_steps", "2", "--resume_from_checkpoint", "latest", *TINY])
