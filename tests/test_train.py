@@ -145,24 +145,39 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path):
     assert marker.read_text() == "pwned"
 
 
-def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
+def stage_args(stage: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """The module and tiny arguments of a stage's training script (stage 2 gets a tiny tokenizer first)."""
+    common = ["--lr_scheduler", "constant", "--seed", "3", "--eval_steps", "1000", "--checkpointing_steps", "1",
+              "--warmup_steps", "0"]
+    if stage == "stage1":
+        return "stage1_tokenizer.train", ["--model", "vqvae", "--max_steps", "40", *common, *TINY]
+    torch.manual_seed(0)
+    tok = VQVAE(codebook_size=16, code_dim=4, channels=8, num_res_blocks=1).train()
+    tok(torch.rand(16, 1, 28, 28))
+    tok.eval().save_pretrained(tmp_path / "tok")
+    return "stage2_prior.train", ["--tokenizer", str(tmp_path / "tok"), "--cache_dir", str(tmp_path / "cache"),
+                                  "--sample_steps", "0", "--num_layers", "1", "--hidden_size", "32", "--num_heads", "2",
+                                  "--batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", "32",
+                                  "--max_steps", "200", *common]  # its steps are quicker: more of them
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(tmp_path, stage):
     """Killed -9 at three random moments (a checkpoint is written every step, so a kill may land in a save)."""
     import random
 
-    common = ["--model", "vqvae", "--lr_scheduler", "constant", "--seed", "3", "--eval_steps", "1000",
-              "--checkpointing_steps", "1", "--max_steps", "40", *TINY]
+    module, args = stage_args(stage, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = tmp_path / "killed"
     rng, kills = random.Random(0), []
     while True:
-        resume = ["--resume_from_checkpoint", "latest"] if (out / "checkpoints").is_dir() and any(
-            p.name.startswith("checkpoint-") for p in (out / "checkpoints").iterdir()) else []
-        run = subprocess.Popen([sys.executable, "-m", "stage1_tokenizer.train", *common, "--output_dir", str(out), *resume],
+        resume = ["--resume_from_checkpoint", "latest"] if list((out / "checkpoints").glob("checkpoint-*")) else []
+        run = subprocess.Popen([sys.executable, "-m", module, *args, "--output_dir", str(out), *resume],
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if len(kills) == 3:
             assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
             break
-        done_before = {p.name for p in (out / "checkpoints").glob("checkpoint-*")} if resume else set()
+        done_before = {p.name for p in (out / "checkpoints").glob("checkpoint-*")}
         deadline = time.time() + 300
         while not ({p.name for p in (out / "checkpoints").glob("checkpoint-*")} - done_before):  # a new step saved
             assert run.poll() is None and time.time() < deadline, run.stderr.read()[-3000:]
@@ -172,8 +187,10 @@ def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(tmp
         run.wait()
         kills.append(sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")))
     assert all(kills), kills  # every kill left at least one complete checkpoint behind
-    train([*common, "--output_dir", str(tmp_path / "straight")])
+    subprocess.run([sys.executable, "-m", module, *args, "--output_dir", str(tmp_path / "straight")], cwd=ROOT,
+                   env=env, check=True, capture_output=True)
     a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
+    assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
