@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from stage1_tokenizer import CVAE, VAE, VQVAE
+from stage1_tokenizer import CVAE, VAE
 from stage2_prior import sample_codes
 from stage2_prior.sampling import check_sampling_args
 

@@ -69,12 +69,16 @@ def cycled_labels(class_labels: list[str] | None, num_samples: int) -> list[int 
     return [values[i % len(values)] for i in range(num_samples)]
 
 
-def write_shard(path: Path, images: torch.Tensor, labels: torch.Tensor | None, seeds: list[int]) -> None:
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
-    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    np.savez(buffer, images=pixels, labels=np.full(len(seeds), -1) if labels is None else labels.numpy(),
-             seeds=np.asarray(seeds, dtype=np.uint64))
+    np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_shard(path: Path, images: torch.Tensor, labels: torch.Tensor | None, seeds: list[int]) -> None:
+    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    write_npz(path, images=pixels, labels=np.full(len(seeds), -1) if labels is None else labels.numpy(),
+              seeds=np.asarray(seeds, dtype=np.uint64))
 
 
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -127,10 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if state.is_main_process:
         shards = [np.load(out / "shards" / f"shard-{s // args.batch_size:06d}.npz") for s in starts]
         images = np.concatenate([s["images"] for s in shards])
-        buffer = io.BytesIO()
-        np.savez(buffer, images=images, labels=np.concatenate([s["labels"] for s in shards]),
-                 seeds=np.concatenate([s["seeds"] for s in shards]))
-        atomic_write_bytes(out / "samples.npz", buffer.getvalue())
+        write_npz(out / "samples.npz", images=images, labels=np.concatenate([s["labels"] for s in shards]),
+                  seeds=np.concatenate([s["seeds"] for s in shards]))
         grid = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 255
         save_image_grid(grid, out / "samples.png", nrow=10)
         atomic_write_text(out / "sampling_summary.json", json.dumps(summary, indent=2) + "\n")

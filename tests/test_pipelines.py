@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pipelines import TwoStagePipeline, generate
 from pipelines.sample import main as sample_main
 from stage1_tokenizer import CVAE, VAE, VQVAE
 from stage2_prior import TokenizerSpec, build_prior
+from two_processes import launch_two_cpu_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = [str(i) for i in range(10)]
@@ -167,12 +167,6 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         generate(str(tmp_path / "no" / "such" / "model"), num_samples=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sampling_script_resumes_without_redoing_shards(tmp_path, saved_pipeline):
     args = ["--model", str(saved_pipeline), "--num_samples", "10", "--batch_size", "4", "--class_labels", "0", "1", "2",
             "--seed", "1", "--out", str(tmp_path / "s")]
@@ -195,11 +189,7 @@ def test_sampling_script_resumes_without_redoing_shards(tmp_path, saved_pipeline
 def test_two_processes_sample_the_same_set_as_one(tmp_path, saved_pipeline):
     common = ["--model", str(saved_pipeline), "--num_samples", "9", "--batch_size", "2", "--class_labels", "4", "--seed", "2"]
     sample_main([*common, "--out", str(tmp_path / "one")])
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "pipelines.sample", *common, "--out", str(tmp_path / "two")]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    result = launch_two_cpu_processes("pipelines.sample", *common, "--out", str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "sampling_summary.json").read_text())
     assert summary["processes_seen"] == 2 and sorted(summary["shards_written_per_process"]) == [2, 3]

@@ -2,10 +2,6 @@
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ from stage1_tokenizer import VQVAE
 from stage2_prior import (PriorVocabulary, TokenizerSpec, build_prior, check_compatible, encode_dataset, load_prior,
                           sample_codes, save_prior)
 from stage2_prior.train import input_ids, main as train_prior
+from two_processes import launch_two_cpu_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = TokenizerSpec("tiny-tokenizer", codebook_size=16, grid_shape=(3, 3), image_size=12, image_channels=1)
@@ -163,12 +160,6 @@ def test_loading_a_plain_lm_as_a_prior_is_refused(tmp_path):
         load_prior(tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 PRIOR_ARGS = ["--num_layers", "1", "--hidden_size", "32", "--num_heads", "2", "--batch_size", "8",
               "--max_train_samples", "64", "--max_eval_samples", "32", "--eval_batch_size", "16", "--warmup_steps", "0"]
 
@@ -191,13 +182,10 @@ def test_prior_training_resumes_to_the_same_weights(tmp_path):
 def test_prior_training_under_two_cpu_processes(tmp_path):
     tok = tiny_tokenizer()
     tok.save_pretrained(tmp_path / "tok")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "stage2_prior.train", "--tokenizer", str(tmp_path / "tok"),
-           "--output_dir", str(tmp_path / "prior"), "--cache_dir", str(tmp_path / "cache"), "--max_steps", "4",
-           "--eval_steps", "2", "--sample_steps", "4", "--checkpointing_steps", "2", *PRIOR_ARGS]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    result = launch_two_cpu_processes(
+        "stage2_prior.train", "--tokenizer", str(tmp_path / "tok"), "--output_dir", str(tmp_path / "prior"),
+        "--cache_dir", str(tmp_path / "cache"), "--max_steps", "4", "--eval_steps", "2", "--sample_steps", "4",
+        "--checkpointing_steps", "2", *PRIOR_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "prior" / "training_summary.json").read_text())
     assert summary["processes_seen"] == 2

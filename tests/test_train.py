@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,12 @@ from safetensors.torch import load_file
 
 from stage1_tokenizer import VQVAE, PretrainedModel
 from stage1_tokenizer.train import main as train
+from two_processes import launch_two_cpu_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--channels", "8", "--num_res_blocks", "1", "--codebook_size", "32", "--code_dim", "4",
         "--latent_dim", "4", "--batch_size", "16", "--max_train_samples", "128", "--max_eval_samples", "64",
         "--eval_batch_size", "32", "--warmup_steps", "0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("model", ["vqvae", "vae", "cvae"])
@@ -230,13 +224,10 @@ def test_help_explains_every_option():
 
 
 def test_two_cpu_processes_under_accelerate_launch_share_one_codebook(tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
-           "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "stage1_tokenizer.train", "--model", "vqvae", "--output_dir", str(tmp_path), "--max_steps", "6",
-           "--eval_steps", "3", "--checkpointing_steps", "3", "--dead_code_threshold", "2.0", *TINY]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    result = launch_two_cpu_processes(
+        "stage1_tokenizer.train", "--model", "vqvae", "--output_dir", str(tmp_path), "--max_steps", "6",
+        "--eval_steps", "3", "--checkpointing_steps", "3", "--dead_code_threshold", "2.0", *TINY,
+        config_file=ROOT / "accelerate_config.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert summary["processes_seen"] == 2, "accelerate launch did not start two cooperating processes"
