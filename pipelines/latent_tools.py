@@ -36,6 +36,8 @@ Autoencoder = VQVAE | VAE
 
 # -- the shared pieces ---------------------------------------------------------------------------------
 def _autoencoder(model: ModelLike) -> Autoencoder:
+    if isinstance(model, torch.nn.Module) and getattr(model, "model_type", None) in ("vqvae", "vae", "cvae"):
+        return model.eval()  # ours, or another library's model behind the same interface (benchmarks/peer_pythae.py)
     model = load_model(model)
     ae = model.tokenizer if isinstance(model, TwoStagePipeline) else model
     if not isinstance(ae, (VQVAE, VAE)):
@@ -155,7 +157,7 @@ Score = Literal["reconstruction", "negative_elbo"]
 
 def _score(ae: Autoencoder, images: torch.Tensor, labels: torch.Tensor | None, score: Score) -> torch.Tensor:
     if score == "reconstruction":
-        return (_decode(ae, _encode(ae, images, labels), labels) - images).pow(2).flatten(1).mean(1)
+        return (ae.reconstruct(images, labels) - images).pow(2).flatten(1).mean(1)
     posterior = ae.encode(images, labels)
     return posterior.kl() - ae.log_likelihood(ae.decode_logits(posterior.mean, labels), images)
 
@@ -175,14 +177,14 @@ def anomaly_score(
     ae = _autoencoder(model)
     if score not in ("reconstruction", "negative_elbo"):
         raise ValueError(f"score must be 'reconstruction' or 'negative_elbo', got {score!r}")
-    if score == "negative_elbo" and not isinstance(ae, VAE):
+    if score == "negative_elbo" and ae.model_type not in ("vae", "cvae"):
         raise ValueError("score='negative_elbo' needs a VAE or CVAE (a VQ-VAE has no likelihood); "
                          "use score='reconstruction'")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     images = _batch(images, ae)
     n = images.shape[0]
-    if isinstance(ae, CVAE) and labels is None:
+    if ae.model_type == "cvae" and labels is None:
         per_class = [torch.full((n,), c, dtype=torch.long, device=images.device) for c in range(ae.config.num_classes)]
     else:
         per_class = [_labels(ae, labels, n)]

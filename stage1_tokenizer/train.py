@@ -65,9 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--latent_dim", type=int, default=32, help="size of z (flat) or its channels (grid)")
     g.add_argument("--kl_weight", type=float, default=1.0, help="beta of the beta-VAE")
     g.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli", help="p(x|z)")
+    g.add_argument("--binarize", action="store_true",
+                   help="dynamic binarisation: every batch (train and test) becomes x ~ Bernoulli(pixel); the "
+                        "setting of the published MNIST likelihood tables (needs --likelihood bernoulli)")
 
     args = p.parse_args(argv)
     check_training_args(p, args)
+    if args.binarize and (args.model == "vqvae" or args.likelihood != "bernoulli"):
+        p.error("--binarize is for the VAE family with --likelihood bernoulli (a binary image needs a binary likelihood)")
     return args
 
 
@@ -90,12 +95,14 @@ def build_model(args: argparse.Namespace, image_size: int, image_channels: int, 
     return VAE(**vae, **common)
 
 
-def batch_to_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return images_to_tensor(batch["image"]), batch.get("label")
+def batch_to_inputs(batch: dict[str, torch.Tensor], binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    images = images_to_tensor(batch["image"])
+    # A fresh draw every time the batch is seen, so the model cannot overfit one binarisation.
+    return (torch.bernoulli(images) if binarize else images), batch.get("label")
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, binarize: bool = False) -> dict[str, float]:
     """Test-split metrics, combined over processes: MSE, PSNR, the loss terms, usage/perplexity for VQ."""
     unwrapped = accelerator.unwrap_model(model)
     model.eval()
@@ -103,7 +110,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
     per_image_mse, all_codes = [], []
     count = 0
     for batch in loader:
-        images, labels = batch_to_inputs(batch)
+        images, labels = batch_to_inputs(batch, binarize)
         out = model(images, labels)
         recon = unwrapped.reconstruct(images, labels)
         mse = accelerator.gather_for_metrics((recon.float() - images.float()).pow(2).flatten(1).mean(1))
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.train()
     start = time.time()
     for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
-        images, labels = batch_to_inputs(batch)
+        images, labels = batch_to_inputs(batch, args.binarize)
         with accelerator.accumulate(model):
             out = model(images, labels)
             optimizer_step(accelerator, state, out.loss, args.max_grad_norm)
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         progress.set_postfix(loss=f"{loss:.4g}")
         if step % args.eval_steps == 0 or step == args.max_steps:
             with isolated_rng(accelerator.device):
-                metrics = evaluate(accelerator, model, state.test_loader)
+                metrics = evaluate(accelerator, model, state.test_loader, args.binarize)
                 if accelerator.is_main_process:
                     write_grids(accelerator, model, grid_batch, output_dir / "samples", f"_step{step:07d}")
             record = {"step": step, "train/loss": loss, "elapsed_s": round(time.time() - start, 1), **metrics}
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             break
     progress.close()
 
-    metrics = evaluate(accelerator, model, state.test_loader)
+    metrics = evaluate(accelerator, model, state.test_loader, args.binarize)
     unwrapped = accelerator.unwrap_model(model)
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(time.time() - start, 1)}
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dataset": args.dataset,
             "metrics": {k.removeprefix("test/"): v for k, v in metrics.items()},
             "training": {"steps": step, "batch_size": per_step, "learning_rate": args.learning_rate,
-                         "processes": accelerator.num_processes, "seed": args.seed},
+                         "processes": accelerator.num_processes, "seed": args.seed, "binarize": args.binarize},
         }
         unwrapped.save_pretrained(output_dir, state_dict=state_dict)
         grids = write_grids(accelerator, model, grid_batch, output_dir, "")

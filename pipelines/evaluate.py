@@ -1,0 +1,332 @@
+"""Score any vqgen model the same way: reconstruction, likelihood, samples, anomaly detection.
+
+    python -m pipelines.evaluate --model runs/quickstart/pipeline --dataset ../shared/data/mnist \\
+        --classifier runs/classifier/mnist --anomaly_dataset ../shared/data/fashion_mnist --out results.json
+
+`--model` is a two-stage pipeline, a VQ-VAE, a VAE or a CVAE (folder or Hub id); each gets what
+applies to it:
+- reconstruction of the test split: MSE, PSNR (capped at 100 dB), SSIM; a VQ-VAE's codebook
+  usage and perplexity on that split;
+- likelihood: a VAE/CVAE's importance-weighted bound (-L_k, nats per image; k = 1 is the ELBO) on the
+  dynamically binarised test split when its likelihood is Bernoulli; a pipeline's prior in bits per
+  pixel-dimension, and an upper bound on -log2 p(x) per dimension (see pipelines/likelihood.py);
+- samples (needs `--classifier`, trained by benchmarks/feature_classifier.py): Fréchet distance and
+  precision/recall in the classifier's feature space against the test split, with the same figures
+  for N training images as the floor, and for a class-conditional model the share of samples the
+  classifier puts in the requested class;
+- anomaly detection (needs `--anomaly_dataset`): ROC-AUC of each anomaly score, test split normal.
+Prints progress, one JSON object (also written to `--out`), and a one-line table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from stage1_tokenizer import VAE, VQVAE, PretrainedModel, codebook_usage
+from stage1_tokenizer.atomic_io import atomic_write_text
+
+from .feature_classifier import FeatureClassifier, dataset_tensors
+from .generation import class_names_of, generate
+from .image_metrics import mse, psnr, ssim
+from .latent_tools import anomaly_score, roc_auc
+from .likelihood import code_nll, discretized_gaussian_nll, fit_decoder_sigma, importance_weighted_bound
+from .loading import GenerativeModel, load_model
+from .pipeline import TwoStagePipeline
+from .sample_quality import frechet_distance, precision_recall
+
+
+FAMILIES = ("two-stage", "vqvae", "vae", "cvae")
+
+
+def family(model: GenerativeModel) -> str:
+    """"two-stage", or the stage-1 `model_type`; a peer library's model behind the same interface says its own."""
+    if isinstance(model, TwoStagePipeline):
+        return "two-stage"
+    kind = getattr(model, "model_type", None)
+    if kind not in FAMILIES:
+        raise TypeError(f"cannot evaluate a {type(model).__name__}: pass a pipeline, VQ-VAE, VAE or CVAE (or a folder)")
+    return kind
+
+
+def _autoencoder(model: GenerativeModel) -> VQVAE | VAE:
+    return model.tokenizer if isinstance(model, TwoStagePipeline) else model
+
+
+def _check_geometry(model: GenerativeModel, images: torch.Tensor, spec: str) -> None:
+    config = _autoencoder(model).config
+    want = (config.image_channels, config.image_size, config.image_size)
+    if tuple(images.shape[1:]) != want:
+        raise ValueError(f"{spec!r} holds images of shape {tuple(images.shape[1:])} but the model takes {want}: "
+                         f"evaluate it on the kind of data it was trained on")
+
+
+def _batched(fn, *tensors: torch.Tensor | None, batch_size: int = 256, desc: str, progress: bool) -> torch.Tensor:
+    n = len(tensors[0])
+    out = [fn(*(None if t is None else t[i : i + batch_size] for t in tensors))
+           for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reconstruction_metrics(model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None,
+                           progress: bool = True) -> dict[str, float]:
+    ae = _autoencoder(model).eval()
+    device = next(ae.parameters()).device
+    labels = labels if ae.model_type == "cvae" else None
+
+    def one_batch(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        x = x.to(device)
+        recon = ae.reconstruct(x, None if y is None else y.to(device)).cpu()
+        return torch.stack([mse(x.cpu(), recon), psnr(x.cpu(), recon), ssim(x.cpu(), recon)], 1)
+
+    per_image = _batched(one_batch, images, labels, desc="reconstruct", progress=progress)
+    metrics = dict(zip(["mse", "psnr_db", "ssim"], per_image.mean(0).tolist()))
+    if ae.model_type == "vqvae":
+        codes = _batched(lambda x: ae.tokenize(x.to(device)).cpu(), images, desc="tokenize", progress=False)
+        metrics["codebook_usage"], metrics["perplexity"] = codebook_usage(torch.bincount(codes.flatten(),
+                                                                                        minlength=ae.codebook_size))
+    return metrics
+
+
+def vae_likelihood(model: VAE, images: torch.Tensor, labels: torch.Tensor | None, *, k: int, num_images: int,
+                   seed: int, progress: bool = True) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels if model.model_type == "cvae" else None
+    binary = model.config.likelihood == "bernoulli"
+    # One fixed draw of the binarised test set, so every k and every model sees the same images.
+    data = torch.bernoulli(images, generator=generator) if binary else images
+    device = next(model.parameters()).device
+    sampler = torch.Generator(device=device).manual_seed(seed)
+    subset = slice(0, min(num_images, len(data)))
+    sub_labels = None if labels is None else labels[subset]
+    bound = importance_weighted_bound(model, data[subset], sub_labels, k=k, generator=sampler, progress=progress)
+    elbo_subset = importance_weighted_bound(model, data[subset], sub_labels, k=1, generator=sampler, progress=False)
+    elbo = importance_weighted_bound(model, data, labels, k=1, batch_size=256, generator=sampler, progress=progress)
+    return {
+        "data": ("test split, dynamically binarised (one draw, seed %d)" % seed) if binary else
+                "test split as continuous pixels: a density under a Gaussian likelihood, not comparable "
+                "with the discrete NLL tables",
+        "negative_elbo_nats": elbo.mean().item(),
+        "iwae_nats": bound.mean().item(),
+        "iwae_k": k,
+        "iwae_images": len(bound),
+        "negative_elbo_nats_same_images": elbo_subset.mean().item(),
+    }
+
+
+@torch.no_grad()
+def two_stage_likelihood(pipe: TwoStagePipeline, images: torch.Tensor, labels: torch.Tensor | None,
+                         train_images: torch.Tensor, progress: bool = True) -> tuple[dict[str, Any], torch.Tensor]:
+    """The prior's bits per pixel-dimension, and the bound on -log2 p(x); also returns per-image code NLLs."""
+    device = pipe.device
+    dims = images[0].numel()
+    codes = _batched(lambda x: pipe.tokenizer.tokenize(x.to(device)).cpu(), images, desc="tokenize", progress=False)
+    conditional = pipe.num_classes > 0 and labels is not None
+    nll_cond = code_nll(pipe.prior, codes, labels if conditional else None) if conditional else None
+    nll_uncond = code_nll(pipe.prior, codes)
+    sigma = fit_decoder_sigma(pipe.tokenizer, train_images.to(device))
+    pixel_nll = _batched(lambda x: discretized_gaussian_nll(x, pipe.tokenizer.reconstruct(x.to(device)).cpu(), sigma),
+                         images, desc="decoder likelihood", progress=progress)
+    per_dim = math.log(2) * dims
+    result = {
+        "prior_bits_per_pixel_dim": (nll_cond if conditional else nll_uncond).mean().item() / per_dim,
+        "prior_conditioned_on_class": conditional,
+        "prior_bits_per_pixel_dim_unconditional": nll_uncond.mean().item() / per_dim,
+        "decoder_sigma": sigma,
+        "decoder_bits_per_pixel_dim": pixel_nll.mean().item() / per_dim,
+        "nll_bound_bits_per_pixel_dim": (nll_uncond + pixel_nll).mean().item() / per_dim,
+        "nll_bound_is": "an upper bound on -log2 p(x) per dimension of the 8-bit test images: -log2 p(c*) of the "
+                        "unconditional prior plus a discretised Gaussian decoder (sigma fitted on training images)",
+    }
+    return result, nll_uncond
+
+
+def draw_samples(model: GenerativeModel, num_samples: int, labels: torch.Tensor | None, guidance_scale: float | None,
+                 seed: int, progress: bool) -> torch.Tensor:
+    if isinstance(model, (TwoStagePipeline, PretrainedModel)):
+        kwargs = {"guidance_scale": guidance_scale} if isinstance(model, TwoStagePipeline) and labels is not None else {}
+        return generate(model, num_samples=num_samples, class_labels=labels, seed=seed, output_type="pt",
+                        progress=progress, **kwargs)
+    device = next(model.parameters()).device
+    return model.sample(num_samples, labels, generator=torch.Generator(device).manual_seed(seed)).cpu()
+
+
+@torch.no_grad()
+def sample_metrics(model: GenerativeModel, classifier: FeatureClassifier, test_images: torch.Tensor,
+                   train_images: torch.Tensor, *, num_samples: int, guidance_scale: float | None, seed: int,
+                   progress: bool = True) -> dict[str, Any]:
+    num_classes = len(class_names_of(model) or []) if isinstance(model, (TwoStagePipeline, PretrainedModel)) else 0
+    labels = torch.arange(num_samples) % num_classes if num_classes else None
+    start = time.perf_counter()
+    samples = draw_samples(model, num_samples, labels, guidance_scale, seed, progress)
+    seconds = time.perf_counter() - start
+    generator = torch.Generator().manual_seed(seed)
+    # Equal-sized sets: precision/recall depend on the set sizes, and so does the Fréchet distance's bias.
+    real = test_images[torch.randperm(len(test_images), generator=generator)[:num_samples]]
+    train = train_images[torch.randperm(len(train_images), generator=generator)[:num_samples]]
+    real_f, _ = classifier.embed(real)
+    fake_f, predicted = classifier.embed(samples)
+    train_f, _ = classifier.embed(train)
+    precision, recall = precision_recall(real_f, fake_f)
+    floor_precision, floor_recall = precision_recall(real_f, train_f)
+    result: dict[str, Any] = {
+        "num_samples": num_samples,
+        "images_per_second": num_samples / seconds,
+        "frechet_distance": frechet_distance(real_f, fake_f),
+        "precision": precision,
+        "recall": recall,
+        "floor": {"frechet_distance": frechet_distance(real_f, train_f), "precision": floor_precision,
+                  "recall": floor_recall, "what": f"{num_samples} training images against the test split"},
+        "feature_space": f"penultimate layer of the feature classifier (test accuracy {classifier.config.test_accuracy})",
+        "inception_fid": None,
+        "inception_fid_note": "not computed: Inception weights cannot be downloaded on every machine and do not "
+                              "fit 28x28 grey images; the classifier's feature space stands in",
+    }
+    if isinstance(model, TwoStagePipeline) and labels is not None:
+        result["guidance_scale"] = guidance_scale if guidance_scale is not None else model.config.guidance_scale
+    if labels is not None:
+        result["class_accuracy"] = (predicted == labels).double().mean().item()
+    return result
+
+
+@torch.no_grad()
+def anomaly_metrics(model: GenerativeModel, normal: torch.Tensor, anomalous: torch.Tensor,
+                    code_nll_normal: torch.Tensor | None = None, progress: bool = True) -> dict[str, float]:
+    scores = ["reconstruction"] + (["negative_elbo"] if family(model) in ("vae", "cvae") else [])
+    auc = {}
+    for score in tqdm(scores, desc="anomaly scores", disable=not progress):
+        # a CVAE scores each image under its best-fitting class: the labels of anomalies are unknown
+        auc[score] = roc_auc(anomaly_score(model, normal, score=score), anomaly_score(model, anomalous, score=score))
+    if code_nll_normal is not None:
+        codes = _batched(lambda x: model.tokenizer.tokenize(x.to(model.device)).cpu(), anomalous, desc="tokenize",
+                         progress=False)
+        auc["code_nll"] = roc_auc(code_nll_normal, code_nll(model.prior, codes))
+    return auc
+
+
+def evaluate(
+    model: GenerativeModel | str,
+    dataset: str,
+    *,
+    classifier: str | None = None,
+    anomaly_dataset: str | None = None,
+    num_samples: int = 1000,
+    iwae_k: int = 5000,
+    iwae_images: int = 100,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    max_test_samples: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every metric that applies to `model` on `dataset`'s test split, as a JSON-ready dict."""
+    name = str(model) if not isinstance(model, (TwoStagePipeline, torch.nn.Module)) else type(model).__name__
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "model_type"):
+        model = load_model(model)
+    kind = family(model)
+    for n, value in (("num_samples", num_samples), ("iwae_k", iwae_k), ("iwae_images", iwae_images)):
+        if value < 1:
+            raise ValueError(f"{n} must be at least 1, got {value}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    start = time.time()
+    test_images, test_labels = dataset_tensors(dataset, "test", max_test_samples)
+    _check_geometry(model, test_images, dataset)
+    train_images, _ = dataset_tensors(dataset, "train", max(num_samples, 2000))
+    if kind == "cvae" and test_labels is None:
+        raise ValueError(f"a CVAE needs labelled data; {dataset!r} has no labels")
+    result: dict[str, Any] = {"model": name, "family": kind, "dataset": dataset,
+                              "test_images": len(test_images)}
+    result["reconstruction"] = reconstruction_metrics(model, test_images, test_labels, progress)
+
+    code_nll_normal = None
+    if kind in ("vae", "cvae"):
+        result["likelihood"] = vae_likelihood(model, test_images, test_labels, k=iwae_k, num_images=iwae_images,
+                                              seed=seed, progress=progress)
+    elif kind == "two-stage":
+        result["likelihood"], code_nll_normal = two_stage_likelihood(model, test_images, test_labels, train_images,
+                                                                     progress)
+
+    if kind == "vqvae":
+        result["samples"] = "not applicable: a VQ-VAE alone has no prior to sample from"
+    elif classifier is None:
+        result["samples"] = ("skipped: pass --classifier DIR (train one with "
+                             "`python benchmarks/feature_classifier.py --dataset SPEC --out DIR`)")
+    else:
+        judge = FeatureClassifier.load(classifier).to(device)
+        result["samples"] = {"classifier": classifier, **sample_metrics(
+            model, judge, test_images, train_images, num_samples=num_samples, guidance_scale=guidance_scale,
+            seed=seed, progress=progress)}
+
+    if anomaly_dataset is None:
+        result["anomaly_detection"] = "skipped: pass --anomaly_dataset SPEC (e.g. Fashion-MNIST for an MNIST model)"
+    else:
+        anomalous, _ = dataset_tensors(anomaly_dataset, "test", max_test_samples)
+        _check_geometry(model, anomalous, anomaly_dataset)
+        result["anomaly_detection"] = {"normal": f"{dataset} (test)", "anomalous": f"{anomaly_dataset} (test)",
+                                       "roc_auc": anomaly_metrics(model, test_images, anomalous, code_nll_normal,
+                                                                  progress)}
+    result["seconds"] = round(time.time() - start, 1)
+    return result
+
+
+def table_line(result: dict[str, Any]) -> str:
+    """One line: the headline figure of each section."""
+    rec, lik, smp, ano = (result.get(k) for k in ("reconstruction", "likelihood", "samples", "anomaly_detection"))
+    cells = [result["family"], f"PSNR {rec['psnr_db']:.2f} dB", f"SSIM {rec['ssim']:.3f}"]
+    if "codebook_usage" in rec:
+        cells.append(f"usage {rec['codebook_usage']:.0%} ppl {rec['perplexity']:.0f}")
+    if isinstance(lik, dict) and "iwae_k" in lik:
+        cells.append(f"-L_{lik['iwae_k']} {lik['iwae_nats']:.2f} nats (ELBO {lik['negative_elbo_nats']:.2f})")
+    elif isinstance(lik, dict):
+        cells.append(f"prior {lik['prior_bits_per_pixel_dim']:.3f} b/dim, NLL <= {lik['nll_bound_bits_per_pixel_dim']:.3f} b/dim")
+    if isinstance(smp, dict):
+        cells.append(f"FD {smp['frechet_distance']:.2f} (floor {smp['floor']['frechet_distance']:.2f}) "
+                     f"P {smp['precision']:.2f} R {smp['recall']:.2f}")
+        if "class_accuracy" in smp:
+            cells.append(f"class acc {smp['class_accuracy']:.1%}")
+    if isinstance(ano, dict):
+        cells.append("AUC " + " ".join(f"{k} {v:.4f}" for k, v in ano["roc_auc"].items()))
+    return " | ".join(cells)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="pipeline, VQ-VAE, VAE or CVAE: a folder or Hub id")
+    p.add_argument("--dataset", required=True, help="dataset spec whose test split is scored (see stage1 --help)")
+    p.add_argument("--samples", type=int, default=1000, help="generated images for the sample metrics")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--classifier", default=None, help="feature classifier folder (benchmarks/feature_classifier.py)")
+    p.add_argument("--anomaly_dataset", default=None, help="dataset spec whose test split is the anomalous class")
+    p.add_argument("--iwae_k", type=int, default=5000, help="importance samples of the VAE bound (1 = ELBO)")
+    p.add_argument("--iwae_images", type=int, default=100, help="test images the k-sample bound averages over")
+    p.add_argument("--guidance_scale", type=float, default=None, help="a pipeline's guidance (default: its own)")
+    p.add_argument("--seed", type=int, default=0, help="seed of samples, binarisation and importance samples")
+    p.add_argument("--max_test_samples", type=int, default=None, help="score only the first N test images")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = p.parse_args(argv)
+    result = evaluate(args.model, args.dataset, classifier=args.classifier, anomaly_dataset=args.anomaly_dataset,
+                      num_samples=args.samples, iwae_k=args.iwae_k, iwae_images=args.iwae_images,
+                      guidance_scale=args.guidance_scale, seed=args.seed, max_test_samples=args.max_test_samples,
+                      device=args.device)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, text + "\n")
+    print(table_line(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

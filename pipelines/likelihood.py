@@ -1,0 +1,108 @@
+"""Likelihood figures: the importance-weighted bound of a VAE, and a bound for the two-stage model.
+
+VAE / CVAE (Burda et al. 2016): with z_1..z_k ~ q(z|x) and w_j = p(x|z_j) p(z_j) / q(z_j|x),
+    L_k = log (1/k) sum_j w_j  <=  log p(x),
+L_1 is the ELBO and L_k grows towards log p(x) as k grows. Reported as -L_k in nats per image.
+
+Two-stage model: the VQ-VAE encoder picks one code grid c*(x), so for any decoder density p(x|c),
+    p(x) = sum_c p(c) p(x|c) >= p(c*) p(x|c*),
+and -log2 p(c*) - log2 p(x|c*) is an upper bound on -log2 p(x). The prior gives p(c*); the
+tokenizer, trained with a squared error, gets a discretised Gaussian around its reconstruction
+whose sigma is fitted on training images, giving a proper probability over the 256 pixel levels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from stage1_tokenizer import VAE, VQVAE
+from stage1_tokenizer.posterior import standard_normal_log_prob
+from stage2_prior.prior import prior_spec
+
+
+@torch.no_grad()
+def importance_weighted_bound(
+    model: VAE,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    k: int = 5000,
+    *,
+    batch_size: int = 16,
+    chunk: int = 500,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """-L_k in nats for each of `b c h w` images (k = 1: the negative ELBO with one sample): `b`."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    model.eval()
+    device = next(model.parameters()).device
+    bounds = []
+    for start in tqdm(range(0, len(images), batch_size), desc=f"IWAE bound, k={k}", disable=not progress):
+        x = images[start : start + batch_size].to(device)
+        y = None if labels is None else labels[start : start + batch_size].to(device)
+        posterior = model.encode(x, y)
+        log_w = []
+        for done in range(0, k, chunk):
+            c = min(chunk, k - done)
+            # c samples for every image at once: `c b ...`, flattened to `(c b) ...` for the decoder.
+            eps = torch.randn((c, *posterior.mean.shape), generator=generator, device=device)
+            z = posterior.mean + posterior.std * eps
+            # log q(z|x) from eps directly: the Gaussian's density at mean + std * eps.
+            log_q = (-0.5 * (eps.pow(2) + math.log(2 * math.pi)) - 0.5 * posterior.logvar).flatten(2).sum(2)
+            log_p = standard_normal_log_prob(z.flatten(0, 1)).view(c, -1)
+            xr = x.repeat(c, *[1] * (x.ndim - 1))
+            log_px = model.log_likelihood(model.decode_logits(z.flatten(0, 1), None if y is None else y.repeat(c)), xr)
+            log_w.append(log_px.view(c, -1) + log_p - log_q)
+        bounds.append(-(torch.logsumexp(torch.cat(log_w).double(), 0) - math.log(k)).cpu())
+    return torch.cat(bounds)
+
+
+def discretized_gaussian_nll(images: torch.Tensor, means: torch.Tensor, sigma: float, levels: int = 256) -> torch.Tensor:
+    """-log P(x) in nats of `b c h w` images on `levels` evenly spaced values in [0, 1]: `b`.
+
+    Each level owns the interval half a step either side; the end levels own the tails, so the
+    probabilities of the levels sum to one.
+    """
+    x, mu = images.double(), means.double()
+    half = 0.5 / (levels - 1)
+    upper = torch.where(x >= 1 - half / 2, torch.full_like(x, math.inf), (x + half - mu) / sigma)
+    lower = torch.where(x <= half / 2, torch.full_like(x, -math.inf), (x - half - mu) / sigma)
+    # log(Phi(u) - Phi(l)) = log Phi(u) + log(1 - exp(log Phi(l) - log Phi(u))), stable in both tails
+    # after reflecting intervals on the right of the mean to the left.
+    flip = (lower + upper) > 0
+    lo, hi = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    log_p = log_hi + torch.log1p(-torch.exp(log_lo - log_hi).clamp(max=1 - 1e-15))
+    return -log_p.flatten(1).sum(1)
+
+
+@torch.no_grad()
+def code_nll(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor | None = None,
+             batch_size: int = 256) -> torch.Tensor:
+    """-log p(codes) in nats under the prior for `b h w` code grids: `b`.
+
+    `labels` None scores with the null class (the unconditional prior a conditional prior learns
+    through label dropout), so the figure is a bound on log p(x), not log p(x | y).
+    """
+    vocab = prior_spec(prior).vocabulary
+    device = next(prior.parameters()).device
+    prior.eval()
+    out = []
+    for start in range(0, len(codes), batch_size):
+        c = codes[start : start + batch_size].flatten(1).to(device)
+        y = None if labels is None else labels[start : start + batch_size].to(device)
+        ids = torch.cat([vocab.prefix(y, c.shape[0], device), c.long()], dim=1)
+        logits = prior(input_ids=ids).logits[:, :-1].float()
+        out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").sum(1).cpu())
+    return torch.cat(out)
+
+
+def fit_decoder_sigma(tokenizer: VQVAE, images: torch.Tensor, batch_size: int = 256) -> float:
+    """Maximum-likelihood sigma of a Gaussian around the reconstructions of `images`."""
+    errors = [(tokenizer.reconstruct(images[i : i + batch_size]).double() - images[i : i + batch_size].double())
+              .pow(2).mean() for i in range(0, len(images), batch_size)]
+    return math.sqrt(torch.stack(errors).mean().item())
