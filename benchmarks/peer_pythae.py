@@ -1,0 +1,363 @@
+"""Peer baseline: pythae's VAE and VQ-VAE, trained under our stage-1 budget and scored like ours.
+
+    python benchmarks/peer_pythae.py --dataset ../shared/data/mnist --out benchmarks/results/peer_pythae_mnist.json
+
+pythae (PyPI `pythae`, https://github.com/clementchadebec/benchmark_VAE) is not a dependency of
+vqgen: run this with a Python that has it (`pip install --no-deps pythae imageio` beside our
+packages, or a venv made with `--system-site-packages`).
+
+What is trained, for `--steps` optimizer steps of `--batch_size` images (the budget of
+benchmarks/quality.py: 600 x 128), with plain Adam at `--lr` and our own loop (not pythae's trainer,
+so the budget is exactly ours):
+
+- `vae`: pythae `VAE`, `reconstruction_loss="bce"` (Bernoulli), `latent_dim` 50, pythae's MNIST
+  benchmark nets `Encoder_ResNet_VAE_MNIST` / `Decoder_ResNet_AE_MNIST`, on dynamically binarised
+  images (every batch a fresh x ~ Bernoulli(pixels)).
+- `vqvae`, `vqvae_ema`: pythae `VQVAE` (512 codes, MSE; pythae's default gradient-learned codebook,
+  and its `use_ema=True` option), nets
+  `Encoder_ResNet_VQVAE_MNIST` / `Decoder_ResNet_VQVAE_MNIST` (a 4x4 code grid), on grey images.
+
+Each model is saved under WORKDIR/DATASET/{vae,vqvae} as `model.safetensors` + `config.json` (no
+pickle; pythae's own `save()` would cloudpickle the custom nets) and reused on the next run when its
+training settings match. Each is then wrapped in an adapter with the duck-typed interface of our
+models (see `PythaeVAEAdapter`, `PythaeVQVAEAdapter`) and scored by `pipelines.evaluate`, exactly
+as ours are. Prints one JSON object; `--out` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import emit, header  # noqa: E402
+
+from pipelines.evaluate import evaluate  # noqa: E402
+from stage1_tokenizer import GaussianPosterior  # noqa: E402
+from stage1_tokenizer.atomic_io import atomic_directory  # noqa: E402
+from stage1_tokenizer.data import load_image_dataset  # noqa: E402
+
+try:
+    from importlib.metadata import version as _dist_version
+
+    from pythae.data.datasets import DatasetOutput
+    from pythae.models import VAE, VQVAE, VAEConfig, VQVAEConfig
+    from pythae.models.nn.benchmarks.mnist import (
+        Decoder_ResNet_AE_MNIST,
+        Decoder_ResNet_VQVAE_MNIST,
+        Encoder_ResNet_VAE_MNIST,
+        Encoder_ResNet_VQVAE_MNIST,
+    )
+
+    PYTHAE_VERSION = _dist_version("pythae")
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise SystemExit(
+        f"benchmarks/peer_pythae.py needs pythae ({e}). It is not a vqgen dependency; install it beside ours "
+        "without touching torch: pip install --no-deps pythae imageio"
+    ) from e
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+IMAGE_SIZE, IMAGE_CHANNELS = 28, 1  # pythae's MNIST benchmark nets are fixed to 1 x 28 x 28
+KINDS = ("vae", "vqvae", "vqvae_ema")
+NETS = {
+    "vae": (VAE, VAEConfig, Encoder_ResNet_VAE_MNIST, Decoder_ResNet_AE_MNIST),
+    "vqvae": (VQVAE, VQVAEConfig, Encoder_ResNet_VQVAE_MNIST, Decoder_ResNet_VQVAE_MNIST),
+    "vqvae_ema": (VQVAE, VQVAEConfig, Encoder_ResNet_VQVAE_MNIST, Decoder_ResNet_VQVAE_MNIST),
+}
+
+
+# -- data ----------------------------------------------------------------------------------------
+def load_split(spec: str, split: str) -> torch.Tensor:
+    """All images of a split as float `n 1 28 28` in [0, 1]."""
+    columns = load_image_dataset(spec, split).with_format("torch")[:]
+    images = columns["image"].float() / 255.0  # the torch format returns the uint8 column as int64
+    if tuple(images.shape[1:]) != (IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
+        raise SystemExit(f"{spec} has images {tuple(images.shape[1:])}; pythae's MNIST nets need (1, 28, 28)")
+    return images
+
+
+# -- pythae models: build, train, save, load -----------------------------------------------------
+def build(kind: str, model_config: dict) -> nn.Module:
+    """A pythae model with pythae's MNIST ResNet encoder/decoder, from a plain-dict config."""
+    model_cls, config_cls, encoder_cls, decoder_cls = NETS[kind]
+    config = config_cls(**{k: v for k, v in model_config.items() if k != "name"})
+    return model_cls(config, encoder=encoder_cls(config), decoder=decoder_cls(config))
+
+
+def model_config_for(kind: str, args: argparse.Namespace) -> dict:
+    if kind == "vae":
+        return {"input_dim": [IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE], "latent_dim": args.latent_dim,
+                "reconstruction_loss": "bce"}
+    # vqvae_ema: pythae's own EMA codebook option, the fairer match for ours (its default learns the
+    # codebook by gradient and collapses to a handful of codes in this budget)
+    return {"input_dim": [IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE], "latent_dim": args.code_dim,
+            "num_embeddings": args.codebook_size, "use_ema": kind == "vqvae_ema"}
+
+
+def train(model: nn.Module, images: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
+          binarize: bool) -> dict:
+    """`steps` Adam steps on batches drawn without replacement (reshuffled every epoch) from `images`."""
+    torch.manual_seed(seed)  # pythae draws its reparameterisation noise from the global generator
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    order, cursor, losses = torch.randperm(len(images), generator=gen), 0, []
+    start = time.perf_counter()
+    for _ in range(steps):
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(images), generator=gen), 0
+        x = images[order[cursor : cursor + batch_size]]
+        cursor += batch_size
+        if binarize:
+            x = torch.bernoulli(x, generator=gen)
+        out = model(DatasetOutput(data=x))  # pythae's input convention: inputs["data"]
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    seconds = time.perf_counter() - start
+    model.eval()
+    tail = losses[-min(20, len(losses)):]
+    return {"train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / steps, 4),
+            "final_train_loss": sum(tail) / len(tail)}
+
+
+def save(model: nn.Module, folder: Path, meta: dict) -> None:
+    """`model.safetensors` (the state dict) and `config.json`, written as one atomic directory."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_directory(folder) as tmp:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load(folder: Path) -> tuple[nn.Module, dict]:
+    """Rebuild from `config.json` and load `model.safetensors`: no pickle, no torch.load."""
+    meta = json.loads((folder / "config.json").read_text())
+    model = build(meta["kind"], meta["model_config"])
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval(), meta
+
+
+def trained_model(kind: str, folder: Path, train_images: torch.Tensor, args: argparse.Namespace) -> tuple[nn.Module, dict]:
+    """Reuse `folder` if it was trained with these settings, else train (and save) a new model."""
+    training = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "Adam",
+                "seed": args.seed, "binarize": kind == "vae", "dataset": str(args.dataset)}
+    wanted = {"kind": kind, "model_config": model_config_for(kind, args), "training": training}
+    if not args.retrain and (folder / "model.safetensors").exists() and (folder / "config.json").exists():
+        model, meta = load(folder)
+        if all(meta.get(k) == v for k, v in wanted.items()):
+            return model, {**meta["timing"], "reused": True}
+    model = build(kind, wanted["model_config"])
+    timing = train(model, train_images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                   seed=args.seed, binarize=kind == "vae")
+    _, _, encoder_cls, decoder_cls = NETS[kind]
+    save(model, folder, {**wanted, "timing": timing, "pythae_version": PYTHAE_VERSION,
+                         "pythae_model": type(model).__name__, "pythae_model_config": model.model_config.to_dict(),
+                         "encoder": encoder_cls.__name__, "decoder": decoder_cls.__name__})
+    return model, {**timing, "reused": False}
+
+
+# -- adapters: pythae models behind the duck-typed interface of ours ---------------------------------
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class PythaeVAEAdapter(nn.Module):
+    """A pythae `VAE` (Bernoulli decoder) with the interface of `stage1_tokenizer.VAE`.
+
+    `model_type` is what `pipelines.evaluate` reads to score it as a VAE.
+
+    pythae's decoder ends in a Sigmoid and returns probabilities under "reconstruction". Logits are
+    taken exactly, from the output of the layer before that Sigmoid (a forward hook), so no
+    clamping bounds the log-likelihood; for a decoder that does not end in a Sigmoid they fall back
+    to torch.logit(p.clamp(1e-6, 1 - 1e-6)), which caps every pixel's -log p at 13.8 nats.
+    """
+
+    model_type = "vae"
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        if model.model_config.reconstruction_loss != "bce":
+            raise ValueError("PythaeVAEAdapter needs a pythae VAE trained with reconstruction_loss='bce'")
+        self.model = model
+        self.config = SimpleNamespace(likelihood="bernoulli", image_size=IMAGE_SIZE, image_channels=IMAGE_CHANNELS,
+                                      class_names=None, latent="flat", latent_dim=model.model_config.latent_dim)
+        last = list(model.decoder.modules())[-1]
+        self.exact_logits = isinstance(last, nn.Sigmoid)
+        self._pre_sigmoid: torch.Tensor | None = None
+        if self.exact_logits:
+            last.register_forward_hook(self._keep_sigmoid_input)
+
+    def _keep_sigmoid_input(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._pre_sigmoid = inputs[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.config.latent_dim,)
+
+    def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> GaussianPosterior:
+        """q(z|x) for images `b 1 28 28` in [0, 1]; pythae's log_covariance is the log-variance."""
+        out = self.model.encoder(images)
+        return GaussianPosterior(out.embedding, out.log_covariance)
+
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Bernoulli logits `b 1 28 28` of p(x|z)."""
+        probs = self.model.decoder(z)["reconstruction"]
+        if self.exact_logits:
+            logits, self._pre_sigmoid = self._pre_sigmoid, None
+            return logits
+        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+
+    def to_images(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        images = self.model.decoder(z)["reconstruction"]
+        self._pre_sigmoid = None
+        return images
+
+    def log_likelihood(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, in nats: `b`."""
+        return -F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean; images in [0, 1]."""
+        return self.decode(self.encode(images).mean)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, labels: torch.Tensor | None = None, *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I) -> images `num_samples 1 28 28` in [0, 1]."""
+        if num_samples <= 0:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        z = torch.randn((num_samples, *self.latent_shape), generator=generator, device=_device(self))
+        return self.decode(z)
+
+
+class PythaeVQVAEAdapter(nn.Module):
+    """A pythae `VQVAE` with the interface of `stage1_tokenizer.VQVAE` (tokenize/detokenize/reconstruct)."""
+
+    model_type = "vqvae"
+
+    def __init__(self, model: VQVAE) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.model_config
+        self.config = SimpleNamespace(image_size=IMAGE_SIZE, image_channels=IMAGE_CHANNELS, class_names=None,
+                                      codebook_size=cfg.num_embeddings, code_dim=cfg.embedding_dim)
+        with torch.no_grad():  # the code grid of pythae's nets (4 x 4 for 28 x 28 images)
+            probe = model.encoder(torch.zeros(1, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=_device(model)))
+        self._grid = tuple(probe.embedding.shape[2:])
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return self._grid
+
+    def _codebook(self) -> torch.Tensor:
+        emb = self.model.quantizer.embeddings  # nn.Embedding, or a buffer under use_ema
+        return emb.weight if isinstance(emb, nn.Embedding) else emb
+
+    @torch.no_grad()
+    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        """`b 1 28 28` in [0, 1] -> `b h w` long codes, by pythae's own quantizer (eval mode: no EMA update)."""
+        quantizer = self.model.quantizer
+        was_training = quantizer.training
+        quantizer.eval()
+        try:
+            z = self.model.encoder(images).embedding.permute(0, 2, 3, 1)  # b h w d, as pythae's forward
+            return quantizer(z).quantized_indices.squeeze(1).long()
+        finally:
+            quantizer.train(was_training)
+
+    @torch.no_grad()
+    def detokenize(self, codes: torch.Tensor) -> torch.Tensor:
+        """`b h w` long codes -> `b 1 28 28` images in [0, 1]."""
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_shape:
+            raise ValueError(f"codes must have shape [b, {self.grid_shape[0]}, {self.grid_shape[1]}], got {tuple(codes.shape)}")
+        quantized = F.embedding(codes.to(_device(self)), self._codebook()).permute(0, 3, 1, 2)
+        return self.model.decoder(quantized).reconstruction.clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.detokenize(self.tokenize(images))
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+ADAPTERS = {"vae": PythaeVAEAdapter, "vqvae": PythaeVQVAEAdapter, "vqvae_ema": PythaeVQVAEAdapter}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=str(DEFAULT_DATA), help="folder of MNIST-format IDX files")
+    p.add_argument("--workdir", default="runs/quality_pythae", help="models go to WORKDIR/DATASET/{vae,vqvae}")
+    p.add_argument("--models", nargs="+", default=list(KINDS), choices=list(KINDS))
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps per model (the shared budget)")
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="constant Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent_dim", type=int, default=50, help="VAE latent size (ours: --latent_dim 50)")
+    p.add_argument("--code_dim", type=int, default=64, help="VQ-VAE code vector size (ours: code_dim 64)")
+    p.add_argument("--codebook_size", type=int, default=512)
+    p.add_argument("--retrain", action="store_true", help="train even if WORKDIR holds a matching model")
+    p.add_argument("--train_only", action="store_true", help="train (or find) the models and stop")
+    p.add_argument("--classifier", default=None, help="feature classifier folder for the sample metrics "
+                   "(benchmarks/quality.py trains one per dataset in runs/quality/DATASET/classifier)")
+    p.add_argument("--anomaly_dataset", default=None, help="dataset spec whose test split is anomalous")
+    p.add_argument("--samples", type=int, default=2000, help="generated images for the sample metrics")
+    p.add_argument("--iwae_k", type=int, default=5000)
+    p.add_argument("--iwae_images", type=int, default=100)
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    if not Path(args.dataset).is_dir():
+        raise SystemExit(f"{args.dataset} does not exist: pass --dataset with a folder of MNIST IDX files")
+    if args.steps <= 0 or args.batch_size <= 0:
+        raise SystemExit("--steps and --batch_size must be positive")
+
+    name = Path(args.dataset).resolve().name
+    train_images = load_split(args.dataset, "train")
+    results: dict = {**header("peer_pythae"), "pythae_version": PYTHAE_VERSION, "dataset": args.dataset,
+                     "steps": args.steps, "batch_size": args.batch_size, "optimizer": f"Adam(lr={args.lr})",
+                     "models": {}}
+    for kind in args.models:
+        folder = Path(args.workdir) / name / kind
+        model, timing = trained_model(kind, folder, train_images, args)
+        if args.train_only:
+            continue
+        adapter = ADAPTERS[kind](model)
+        _, _, encoder_cls, decoder_cls = NETS[kind]
+        results["models"][kind] = {
+            "pythae_model": type(model).__name__, "encoder": encoder_cls.__name__, "decoder": decoder_cls.__name__,
+            "model_config": model_config_for(kind, args), "saved_to": str(folder), **timing,
+            "num_parameters": num_parameters(model),
+            "tokens_per_image": math.prod(adapter.grid_shape) if kind != "vae" else None,
+            "evaluation": evaluate(adapter, args.dataset, classifier=args.classifier,
+                                   anomaly_dataset=args.anomaly_dataset, num_samples=args.samples,
+                                   iwae_k=args.iwae_k, iwae_images=args.iwae_images, seed=args.seed),
+        }
+        print(json.dumps({kind: results["models"][kind]}), file=sys.stderr)
+    emit(results, args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main()
