@@ -4,7 +4,8 @@
 
 For each dataset: a VQ-VAE and a class-conditional prior over its codes (the two-stage pipeline), a
 VAE and a CVAE (dynamically binarised, Bernoulli likelihood, as in the published tables), all with
-the same encoder/decoder and the same number of steps and batch size, plus the feature classifier.
+the same encoder/decoder and the same number of optimizer steps (batch 128 for stage 1, 64 for the
+prior, so the two-stage model gets a second training run), plus the feature classifier.
 Models already trained under `--workdir` are reused, so an interrupted run picks up where it stopped.
 Then each model is scored by `pipelines.evaluate` against the test split (the other dataset is the
 anomalous one). Prints one JSON object; `--out` also writes it.
@@ -13,6 +14,7 @@ anomalous one). Prints one JSON object; `--out` also writes it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,14 +28,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"mnist": str(SHARED / "mnist"), "fashion_mnist": str(SHARED / "fashion_mnist")}
 
 
-def train_all(name: str, spec: str, root: Path, args: argparse.Namespace) -> dict[str, float]:
-    """Train what is missing under `root`; returns the training seconds of what it trained."""
+def train_all(spec: str, root: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Train what is missing under `root`; returns each model's steps, training seconds and test figures
+    as its training run recorded them."""
     from pipelines import TwoStagePipeline
     from pipelines.feature_classifier import train_feature_classifier
     from stage1_tokenizer.train import main as train_stage1
     from stage2_prior.train import main as train_prior
 
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {}  # wall time of what this run trained
     budget = ["--dataset", spec, "--max_steps", str(args.steps), "--eval_steps", str(args.steps),
               "--checkpointing_steps", "0", "--warmup_steps", str(args.steps // 10), "--seed", str(args.seed)]
     stage1 = {"vqvae": [], "vae": ["--binarize", "--latent_dim", "50"], "cvae": ["--binarize", "--latent_dim", "50"]}
@@ -53,7 +56,11 @@ def train_all(name: str, spec: str, root: Path, args: argparse.Namespace) -> dic
         start = time.time()
         train_feature_classifier(spec, seed=args.seed).save(root / "classifier")
         seconds["classifier"] = round(time.time() - start, 1)
-    return seconds
+    runs = {m: json.loads((root / m / "training_summary.json").read_text()) for m in ("vqvae", "vae", "cvae", "prior")}
+    runs["classifier"] = json.loads((root / "classifier" / "config.json").read_text())
+    for m, wall in seconds.items():
+        runs[m]["wall_seconds_this_run"] = wall
+    return runs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "datasets": {}}
     for name in args.datasets:
         root = Path(args.workdir) / name
-        results["datasets"][name] = {"trained_seconds": train_all(name, DATASETS[name], root, args)}
+        results["datasets"][name] = {"training": train_all(DATASETS[name], root, args)}
     if not args.train_only:
         from pipelines.evaluate import evaluate
 

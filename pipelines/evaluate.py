@@ -33,15 +33,24 @@ from tqdm.auto import tqdm
 
 from stage1_tokenizer import VAE, VQVAE, PretrainedModel, codebook_usage
 from stage1_tokenizer.atomic_io import atomic_write_text
+from stage1_tokenizer.data import image_tensors
 
-from .feature_classifier import FeatureClassifier, dataset_tensors
+from .feature_classifier import FeatureClassifier
 from .generation import class_names_of, generate
 from .image_metrics import mse, psnr, ssim
 from .latent_tools import anomaly_score, roc_auc
-from .likelihood import code_nll, discretized_gaussian_nll, fit_decoder_sigma, importance_weighted_bound
+from .likelihood import (
+    code_nll,
+    discretized_gaussian_nll,
+    fit_decoder_sigma,
+    importance_weighted_bound,
+)
 from .loading import GenerativeModel, load_model
 from .pipeline import TwoStagePipeline
 from .sample_quality import frechet_distance, precision_recall
+
+# Training images the two-stage decoder's sigma is fitted on: fixed, so the bound does not move with --samples.
+SIGMA_FIT_IMAGES = 2000
 
 
 FAMILIES = ("two-stage", "vqvae", "vae", "cvae")
@@ -79,6 +88,7 @@ def _batched(fn, *tensors: torch.Tensor | None, batch_size: int = 256, desc: str
 @torch.no_grad()
 def reconstruction_metrics(model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None,
                            progress: bool = True) -> dict[str, float]:
+    """Mean MSE, PSNR and SSIM of the reconstructions; a VQ-VAE's codebook usage and perplexity on `images`."""
     ae = _autoencoder(model).eval()
     device = next(ae.parameters()).device
     labels = labels if ae.model_type == "cvae" else None
@@ -99,27 +109,33 @@ def reconstruction_metrics(model: GenerativeModel, images: torch.Tensor, labels:
 
 def vae_likelihood(model: VAE, images: torch.Tensor, labels: torch.Tensor | None, *, k: int, num_images: int,
                    seed: int, progress: bool = True) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(seed)
-    labels = labels if model.model_type == "cvae" else None
+    """The k-sample bound -L_k on the first `num_images` images and the one-sample ELBO on all, in nats."""
+    conditional = model.model_type == "cvae"
+    labels = labels if conditional else None
     binary = model.config.likelihood == "bernoulli"
     # One fixed draw of the binarised test set, so every k and every model sees the same images.
-    data = torch.bernoulli(images, generator=generator) if binary else images
+    data = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed)) if binary else images
     device = next(model.parameters()).device
-    sampler = torch.Generator(device=device).manual_seed(seed)
-    subset = slice(0, min(num_images, len(data)))
-    sub_labels = None if labels is None else labels[subset]
-    bound = importance_weighted_bound(model, data[subset], sub_labels, k=k, generator=sampler, progress=progress)
-    elbo_subset = importance_weighted_bound(model, data[subset], sub_labels, k=1, generator=sampler, progress=False)
-    elbo = importance_weighted_bound(model, data, labels, k=1, batch_size=256, generator=sampler, progress=progress)
+
+    def fresh() -> torch.Generator:  # each figure its own stream: none depends on the other's settings
+        return torch.Generator(device=device).manual_seed(seed)
+
+    n = min(num_images, len(data))
+    bound, elbo_same = importance_weighted_bound(model, data[:n], None if labels is None else labels[:n], k=k,
+                                                 generator=fresh(), progress=progress)
+    elbo, _ = importance_weighted_bound(model, data, labels, k=1, batch_size=256, generator=fresh(), progress=progress)
     return {
-        "data": ("test split, dynamically binarised (one draw, seed %d)" % seed) if binary else
-                "test split as continuous pixels: a density under a Gaussian likelihood, not comparable "
-                "with the discrete NLL tables",
+        "data": (f"test split, dynamically binarised (one draw, seed {seed})" if binary else
+                 "test split as continuous pixels: a density under a Gaussian likelihood, not comparable "
+                 "with the discrete NLL tables"),
+        "trained_binarized": bool(getattr(model.config, "binarized", False)),
+        "bound_on": "-log p(x | y), y the true label" if conditional else "-log p(x)",
         "negative_elbo_nats": elbo.mean().item(),
         "iwae_nats": bound.mean().item(),
+        "iwae_nats_standard_error": (bound.std() / math.sqrt(n)).item() if n > 1 else None,
         "iwae_k": k,
-        "iwae_images": len(bound),
-        "negative_elbo_nats_same_images": elbo_subset.mean().item(),
+        "iwae_images": n,
+        "negative_elbo_nats_same_images": elbo_same.mean().item(),
     }
 
 
@@ -133,7 +149,7 @@ def two_stage_likelihood(pipe: TwoStagePipeline, images: torch.Tensor, labels: t
     conditional = pipe.num_classes > 0 and labels is not None
     nll_cond = code_nll(pipe.prior, codes, labels if conditional else None) if conditional else None
     nll_uncond = code_nll(pipe.prior, codes)
-    sigma = fit_decoder_sigma(pipe.tokenizer, train_images.to(device))
+    sigma = fit_decoder_sigma(pipe.tokenizer, train_images[:SIGMA_FIT_IMAGES])
     pixel_nll = _batched(lambda x: discretized_gaussian_nll(x, pipe.tokenizer.reconstruct(x.to(device)).cpu(), sigma),
                          images, desc="decoder likelihood", progress=progress)
     per_dim = math.log(2) * dims
@@ -152,10 +168,12 @@ def two_stage_likelihood(pipe: TwoStagePipeline, images: torch.Tensor, labels: t
 
 def draw_samples(model: GenerativeModel, num_samples: int, labels: torch.Tensor | None, guidance_scale: float | None,
                  seed: int, progress: bool) -> torch.Tensor:
+    """`num_samples` images through `generate`, or a peer model's own `sample`, on the model's device."""
     if isinstance(model, (TwoStagePipeline, PretrainedModel)):
         kwargs = {"guidance_scale": guidance_scale} if isinstance(model, TwoStagePipeline) and labels is not None else {}
+        device = model.device if isinstance(model, TwoStagePipeline) else next(model.parameters()).device
         return generate(model, num_samples=num_samples, class_labels=labels, seed=seed, output_type="pt",
-                        progress=progress, **kwargs)
+                        progress=progress, device=device, **kwargs)
     device = next(model.parameters()).device
     return model.sample(num_samples, labels, generator=torch.Generator(device).manual_seed(seed)).cpu()
 
@@ -164,6 +182,8 @@ def draw_samples(model: GenerativeModel, num_samples: int, labels: torch.Tensor 
 def sample_metrics(model: GenerativeModel, classifier: FeatureClassifier, test_images: torch.Tensor,
                    train_images: torch.Tensor, *, num_samples: int, guidance_scale: float | None, seed: int,
                    progress: bool = True) -> dict[str, Any]:
+    """Fréchet distance, precision and recall of samples against test images in the classifier's
+    feature space, the same for training images (the floor), and class accuracy when conditional."""
     num_classes = len(class_names_of(model) or []) if isinstance(model, (TwoStagePipeline, PretrainedModel)) else 0
     labels = torch.arange(num_samples) % num_classes if num_classes else None
     start = time.perf_counter()
@@ -180,6 +200,7 @@ def sample_metrics(model: GenerativeModel, classifier: FeatureClassifier, test_i
     floor_precision, floor_recall = precision_recall(real_f, train_f)
     result: dict[str, Any] = {
         "num_samples": num_samples,
+        "real_images": len(real),
         "images_per_second": num_samples / seconds,
         "frechet_distance": frechet_distance(real_f, fake_f),
         "precision": precision,
@@ -201,6 +222,7 @@ def sample_metrics(model: GenerativeModel, classifier: FeatureClassifier, test_i
 @torch.no_grad()
 def anomaly_metrics(model: GenerativeModel, normal: torch.Tensor, anomalous: torch.Tensor,
                     code_nll_normal: torch.Tensor | None = None, progress: bool = True) -> dict[str, float]:
+    """ROC-AUC of each anomaly score that applies: reconstruction error, negative ELBO, the prior's code NLL."""
     scores = ["reconstruction"] + (["negative_elbo"] if family(model) in ("vae", "cvae") else [])
     auc = {}
     for score in tqdm(scores, desc="anomaly scores", disable=not progress):
@@ -239,11 +261,18 @@ def evaluate(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     start = time.time()
-    test_images, test_labels = dataset_tensors(dataset, "test", max_test_samples)
+    test_images, test_labels = image_tensors(dataset, "test", max_test_samples)
     _check_geometry(model, test_images, dataset)
-    train_images, _ = dataset_tensors(dataset, "train", max(num_samples, 2000))
     if kind == "cvae" and test_labels is None:
-        raise ValueError(f"a CVAE needs labelled data; {dataset!r} has no labels")
+        raise ValueError(f"a CVAE is scored with the true labels, and {dataset!r} has none: "
+                         f"evaluate it on the labelled dataset it was trained on")
+    judge = None
+    if classifier is not None and kind != "vqvae":
+        judge = FeatureClassifier.load(classifier).to(device)
+        if (judge.config.image_channels, judge.config.image_size) != tuple(test_images.shape[1:3]):
+            raise ValueError(f"the classifier in {classifier} was trained on {judge.config.image_channels}x"
+                             f"{judge.config.image_size}px images, not on {dataset!r}: train one on this dataset")
+    train_images, _ = image_tensors(dataset, "train", max(num_samples, SIGMA_FIT_IMAGES))
     result: dict[str, Any] = {"model": name, "family": kind, "dataset": dataset,
                               "test_images": len(test_images)}
     result["reconstruction"] = reconstruction_metrics(model, test_images, test_labels, progress)
@@ -258,11 +287,10 @@ def evaluate(
 
     if kind == "vqvae":
         result["samples"] = "not applicable: a VQ-VAE alone has no prior to sample from"
-    elif classifier is None:
+    elif judge is None:
         result["samples"] = ("skipped: pass --classifier DIR (train one with "
                              "`python benchmarks/feature_classifier.py --dataset SPEC --out DIR`)")
     else:
-        judge = FeatureClassifier.load(classifier).to(device)
         result["samples"] = {"classifier": classifier, **sample_metrics(
             model, judge, test_images, train_images, num_samples=num_samples, guidance_scale=guidance_scale,
             seed=seed, progress=progress)}
@@ -270,7 +298,7 @@ def evaluate(
     if anomaly_dataset is None:
         result["anomaly_detection"] = "skipped: pass --anomaly_dataset SPEC (e.g. Fashion-MNIST for an MNIST model)"
     else:
-        anomalous, _ = dataset_tensors(anomaly_dataset, "test", max_test_samples)
+        anomalous, _ = image_tensors(anomaly_dataset, "test", max_test_samples)
         _check_geometry(model, anomalous, anomaly_dataset)
         result["anomaly_detection"] = {"normal": f"{dataset} (test)", "anomalous": f"{anomaly_dataset} (test)",
                                        "roc_auc": anomaly_metrics(model, test_images, anomalous, code_nll_normal,
@@ -319,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       num_samples=args.samples, iwae_k=args.iwae_k, iwae_images=args.iwae_images,
                       guidance_scale=args.guidance_scale, seed=args.seed, max_test_samples=args.max_test_samples,
                       device=args.device)
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, allow_nan=False)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

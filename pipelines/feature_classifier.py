@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stage1_tokenizer.atomic_io import atomic_path, atomic_write_text
-from stage1_tokenizer.data import class_names, load_image_dataset
+from stage1_tokenizer.data import class_names, image_tensors, load_image_dataset
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -36,7 +36,7 @@ class FeatureClassifierConfig:
 
 
 class FeatureClassifier(nn.Module):
-    """`b c h w` in [0, 1] -> `b num_classes` logits; `features` gives the `b feature_dim` penultimate layer."""
+    """`b c h w` in [0, 1] -> `b num_classes` logits; `embed` gives the `b feature_dim` penultimate layer."""
 
     def __init__(self, config: FeatureClassifierConfig | None = None) -> None:
         super().__init__()
@@ -48,9 +48,6 @@ class FeatureClassifier(nn.Module):
             nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(64 * 7 * 7, c.feature_dim), nn.ReLU(),
         )
         self.head = nn.Linear(c.feature_dim, c.num_classes)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(images))
@@ -92,22 +89,14 @@ class FeatureClassifier(nn.Module):
         return model.eval()
 
 
-def dataset_tensors(spec: str, split: str, max_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A split as float images `n c h w` in [0, 1] and labels `n` (None when unlabelled)."""
-    dataset = load_image_dataset(spec, split, max_samples=max_samples)
-    columns = dataset.with_format("torch")[:]
-    labels = columns["label"] if "label" in columns else None
-    return columns["image"].float() / 255, labels
-
-
 def train_feature_classifier(spec: str, *, epochs: int = 2, batch_size: int = 128, seed: int = 0) -> FeatureClassifier:
     """Train on the dataset's train split; the config records the test-split accuracy."""
     torch.manual_seed(seed)
     names = class_names(load_image_dataset(spec, "train", max_samples=1))
     if names is None:
         raise ValueError(f"{spec!r} has no labels; the feature classifier needs a labelled dataset")
-    train_x, train_y = dataset_tensors(spec, "train")
-    test_x, test_y = dataset_tensors(spec, "test")
+    train_x, train_y = image_tensors(spec, "train")
+    test_x, test_y = image_tensors(spec, "test")
     model = FeatureClassifier(FeatureClassifierConfig(image_channels=train_x.shape[1], image_size=train_x.shape[2],
                                                       num_classes=len(names), dataset=spec))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

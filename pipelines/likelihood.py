@@ -34,13 +34,17 @@ def importance_weighted_bound(
     chunk: int = 500,
     generator: torch.Generator | None = None,
     progress: bool = True,
-) -> torch.Tensor:
-    """-L_k in nats for each of `b c h w` images (k = 1: the negative ELBO with one sample): `b`."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-L_k and the k-sample estimate of the negative ELBO, in nats, for each of `b c h w` images: `b`, `b`.
+
+    Both come from the same k draws, so -L_k <= -ELBO holds image by image (Jensen); k = 1 gives the
+    one-sample ELBO twice. `generator` must live on the model's device.
+    """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     model.eval()
     device = next(model.parameters()).device
-    bounds = []
+    bounds, elbos = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=f"IWAE bound, k={k}", disable=not progress):
         x = images[start : start + batch_size].to(device)
         y = None if labels is None else labels[start : start + batch_size].to(device)
@@ -51,26 +55,31 @@ def importance_weighted_bound(
             # c samples for every image at once: `c b ...`, flattened to `(c b) ...` for the decoder.
             eps = torch.randn((c, *posterior.mean.shape), generator=generator, device=device)
             z = posterior.mean + posterior.std * eps
-            # log q(z|x) from eps directly: the Gaussian's density at mean + std * eps.
+            # log q(z|x) from eps: exact, and it avoids dividing by a tiny variance that
+            # GaussianPosterior.log_prob would need for z of shape `c b ...`.
             log_q = (-0.5 * (eps.pow(2) + math.log(2 * math.pi)) - 0.5 * posterior.logvar).flatten(2).sum(2)
             log_p = standard_normal_log_prob(z.flatten(0, 1)).view(c, -1)
             xr = x.repeat(c, *[1] * (x.ndim - 1))
             log_px = model.log_likelihood(model.decode_logits(z.flatten(0, 1), None if y is None else y.repeat(c)), xr)
             log_w.append(log_px.view(c, -1) + log_p - log_q)
-        bounds.append(-(torch.logsumexp(torch.cat(log_w).double(), 0) - math.log(k)).cpu())
-    return torch.cat(bounds)
+        log_w = torch.cat(log_w).double()
+        bounds.append(-(torch.logsumexp(log_w, 0) - math.log(k)).cpu())
+        elbos.append(-log_w.mean(0).cpu())
+    return torch.cat(bounds), torch.cat(elbos)
 
 
 def discretized_gaussian_nll(images: torch.Tensor, means: torch.Tensor, sigma: float, levels: int = 256) -> torch.Tensor:
     """-log P(x) in nats of `b c h w` images on `levels` evenly spaced values in [0, 1]: `b`.
 
     Each level owns the interval half a step either side; the end levels own the tails, so the
-    probabilities of the levels sum to one.
+    probabilities of the levels sum to one. Pixels are rounded to their level first, so float32
+    round-off cannot make neighbouring intervals overlap.
     """
-    x, mu = images.double(), means.double()
-    half = 0.5 / (levels - 1)
-    upper = torch.where(x >= 1 - half / 2, torch.full_like(x, math.inf), (x + half - mu) / sigma)
-    lower = torch.where(x <= half / 2, torch.full_like(x, -math.inf), (x - half - mu) / sigma)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}: an exact reconstruction needs a floor such as 1 / 510")
+    level, mu = torch.round(images.double() * (levels - 1)), means.double()
+    upper = torch.where(level == levels - 1, math.inf, ((level + 0.5) / (levels - 1) - mu) / sigma)
+    lower = torch.where(level == 0, -math.inf, ((level - 0.5) / (levels - 1) - mu) / sigma)
     # log(Phi(u) - Phi(l)) = log Phi(u) + log(1 - exp(log Phi(l) - log Phi(u))), stable in both tails
     # after reflecting intervals on the right of the mean to the left.
     flip = (lower + upper) > 0
@@ -86,9 +95,12 @@ def code_nll(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor |
     """-log p(codes) in nats under the prior for `b h w` code grids: `b`.
 
     `labels` None scores with the null class (the unconditional prior a conditional prior learns
-    through label dropout), so the figure is a bound on log p(x), not log p(x | y).
+    through label dropout), so the figure is a bound on log p(x), not log p(x | y). Only the K code
+    logits are normalised, as the sampler draws them (training's figure normalises over the whole
+    vocabulary, special tokens included, and is slightly higher).
     """
     vocab = prior_spec(prior).vocabulary
+    k = vocab.codebook_size
     device = next(prior.parameters()).device
     prior.eval()
     out = []
@@ -96,13 +108,15 @@ def code_nll(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor |
         c = codes[start : start + batch_size].flatten(1).to(device)
         y = None if labels is None else labels[start : start + batch_size].to(device)
         ids = torch.cat([vocab.prefix(y, c.shape[0], device), c.long()], dim=1)
-        logits = prior(input_ids=ids).logits[:, :-1].float()
+        logits = prior(input_ids=ids).logits[:, :-1, :k].float()
         out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").sum(1).cpu())
     return torch.cat(out)
 
 
 def fit_decoder_sigma(tokenizer: VQVAE, images: torch.Tensor, batch_size: int = 256) -> float:
-    """Maximum-likelihood sigma of a Gaussian around the reconstructions of `images`."""
-    errors = [(tokenizer.reconstruct(images[i : i + batch_size]).double() - images[i : i + batch_size].double())
-              .pow(2).mean() for i in range(0, len(images), batch_size)]
-    return math.sqrt(torch.stack(errors).mean().item())
+    """Maximum-likelihood sigma of a (continuous) Gaussian around the reconstructions of `images`,
+    floored at a quarter of a pixel level so an exact reconstruction still gives a proper density."""
+    device = next(tokenizer.parameters()).device
+    sse = sum((tokenizer.reconstruct(b.to(device)).double() - b.to(device).double()).pow(2).sum().item()
+              for b in images.split(batch_size))
+    return max(math.sqrt(sse / images.numel()), 0.25 / 255)

@@ -28,6 +28,8 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     # non-negative (S_r S_f is similar to a PSD matrix); tiny negative or imaginary parts are round-off.
     eigenvalues = torch.linalg.eigvals(cov_r @ cov_f).real.clamp_min(0)
     distance = (mu_r - mu_f).pow(2).sum() + cov_r.trace() + cov_f.trace() - 2 * eigenvalues.sqrt().sum()
+    if not torch.isfinite(distance):
+        raise ValueError("the features contain NaN or inf: did sampling diverge?")
     return max(distance.item(), 0.0)
 
 

@@ -51,6 +51,7 @@ class VAEConfig(AutoencoderConfig):
     kl_weight: float = 1.0  # beta of the beta-VAE
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     gaussian_std: float = 0.1  # fixed std of the Gaussian likelihood
+    binarized: bool = False  # trained on dynamically binarised images (train.py --binarize)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -263,3 +263,10 @@ def _read_hub(repo_id: str, split: str) -> tuple[np.ndarray, np.ndarray | None, 
         idx = _stratified_split(labels if labels is not None else np.zeros(len(images), np.int64), split)
         images, labels = images[idx], None if labels is None else labels[idx]
     return images, labels, names
+
+
+def image_tensors(spec: str, split: str, max_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A whole split in memory: float images `n c h w` in [0, 1], and labels `n` (None when unlabelled)."""
+    columns = load_image_dataset(spec, split, max_samples=max_samples).with_format("torch")[:]
+    # the torch format returns the uint8 image column as int64
+    return images_to_tensor(columns["image"]), columns["label"] if "label" in columns else None

@@ -87,7 +87,8 @@ def build_model(args: argparse.Namespace, image_size: int, image_channels: int, 
             ema_decay=args.ema_decay or None, dead_code_threshold=args.dead_code_threshold,
             codebook_init=args.codebook_init, l2_normalize=args.l2_normalize, **common,
         )
-    vae: dict[str, Any] = dict(latent=args.latent, latent_dim=args.latent_dim, kl_weight=args.kl_weight, likelihood=args.likelihood)
+    vae: dict[str, Any] = dict(latent=args.latent, latent_dim=args.latent_dim, kl_weight=args.kl_weight,
+                               likelihood=args.likelihood, binarized=args.binarize)
     if args.model == "cvae":
         if names is None:
             raise SystemExit(f"--model cvae needs a labelled dataset; {args.dataset!r} has no labels.")
