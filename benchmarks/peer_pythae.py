@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--anomaly_dataset", default=None, help="dataset spec whose test split is anomalous")
     p.add_argument("--samples", type=int, default=2000, help="generated images for the sample metrics")
     p.add_argument("--iwae_k", type=int, default=5000)
-    p.add_argument("--iwae_images", type=int, default=100)
+    p.add_argument("--iwae_images", type=int, default=32, help="as in benchmarks/quality.py")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if not Path(args.dataset).is_dir():
