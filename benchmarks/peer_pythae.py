@@ -193,7 +193,8 @@ class PythaeVAEAdapter(nn.Module):
             raise ValueError("PythaeVAEAdapter needs a pythae VAE trained with reconstruction_loss='bce'")
         self.model = model
         self.config = SimpleNamespace(likelihood="bernoulli", image_size=IMAGE_SIZE, image_channels=IMAGE_CHANNELS,
-                                      class_names=None, latent="flat", latent_dim=model.model_config.latent_dim)
+                                      class_names=None, latent="flat", latent_dim=model.model_config.latent_dim,
+                                      binarized=True)  # train() binarises every VAE batch
         last = list(model.decoder.modules())[-1]
         self.exact_logits = isinstance(last, nn.Sigmoid)
         self._pre_sigmoid: torch.Tensor | None = None
