@@ -2,8 +2,9 @@
 
     python benchmarks/tables.py            # prints Markdown
 
-Reads quality_DATASET.json (benchmarks/quality.py), peer_pythae_DATASET.json (benchmarks/peer_pythae.py)
-and speed_cpu.json (benchmarks/speed.py); a missing file is skipped with a note.
+Reads quality_DATASET.json (benchmarks/quality.py), quality_DATASET_pipeline_guidance2.json (the same
+pipeline through `python -m pipelines.evaluate --guidance_scale 2.0`), peer_pythae_DATASET.json
+(benchmarks/peer_pythae.py) and speed_cpu.json (benchmarks/speed.py); a missing file is skipped.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def _row(label: str, ev: dict) -> str:
 
 def quality_table(dataset: str) -> str:
     ours, peer = _load(f"quality_{dataset}.json"), _load(f"peer_pythae_{dataset}.json")
+    guided = _load(f"quality_{dataset}_pipeline_guidance2.json")
     if ours is None:
         return f"(no results/quality_{dataset}.json yet)"
     runs = ours["datasets"][dataset]
@@ -58,6 +60,7 @@ def quality_table(dataset: str) -> str:
         "| model | PSNR dB | SSIM | codes used / perplexity | likelihood | FD | precision / recall | class accuracy | anomaly ROC-AUC |",
         "|---|---|---|---|---|---|---|---|---|",
         _row("vqgen VQ-VAE + prior", runs["pipeline"]),
+        *([_row("vqgen VQ-VAE + prior, guidance 2", guided)] if guided else []),
         _row("vqgen VAE", runs["vae"]),
         _row("vqgen CVAE", runs["cvae"]),
     ]
