@@ -47,7 +47,7 @@ from report import emit, header  # noqa: E402
 from pipelines.evaluate import evaluate  # noqa: E402
 from stage1_tokenizer import GaussianPosterior  # noqa: E402
 from stage1_tokenizer.atomic_io import atomic_directory  # noqa: E402
-from stage1_tokenizer.data import load_image_dataset  # noqa: E402
+from stage1_tokenizer.data import image_tensors  # noqa: E402
 
 try:
     from importlib.metadata import version as _dist_version
@@ -81,8 +81,7 @@ NETS = {
 # -- data ----------------------------------------------------------------------------------------
 def load_split(spec: str, split: str) -> torch.Tensor:
     """All images of a split as float `n 1 28 28` in [0, 1]."""
-    columns = load_image_dataset(spec, split).with_format("torch")[:]
-    images = columns["image"].float() / 255.0  # the torch format returns the uint8 column as int64
+    images, _ = image_tensors(spec, split)
     if tuple(images.shape[1:]) != (IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE):
         raise SystemExit(f"{spec} has images {tuple(images.shape[1:])}; pythae's MNIST nets need (1, 28, 28)")
     return images
