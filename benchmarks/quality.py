@@ -24,6 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import emit, header  # noqa: E402
 
+from pipelines import TwoStagePipeline  # noqa: E402
+from pipelines.evaluate import evaluate  # noqa: E402
+from pipelines.feature_classifier import train_feature_classifier  # noqa: E402
+from stage1_tokenizer.train import main as train_stage1  # noqa: E402
+from stage2_prior.train import main as train_prior  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"mnist": str(SHARED / "mnist"), "fashion_mnist": str(SHARED / "fashion_mnist")}
 
@@ -31,10 +37,6 @@ DATASETS = {"mnist": str(SHARED / "mnist"), "fashion_mnist": str(SHARED / "fashi
 def train_all(spec: str, root: Path, args: argparse.Namespace) -> dict[str, dict]:
     """Train what is missing under `root`; returns each model's steps, training seconds and test figures
     as its training run recorded them."""
-    from pipelines import TwoStagePipeline
-    from pipelines.feature_classifier import train_feature_classifier
-    from stage1_tokenizer.train import main as train_stage1
-    from stage2_prior.train import main as train_prior
 
     seconds: dict[str, float] = {}  # wall time of what this run trained
     budget = ["--dataset", spec, "--max_steps", str(args.steps), "--eval_steps", str(args.steps),
@@ -86,8 +88,6 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(args.workdir) / name
         results["datasets"][name] = {"training": train_all(DATASETS[name], root, args)}
     if not args.train_only:
-        from pipelines.evaluate import evaluate
-
         for name in args.datasets:
             root = Path(args.workdir) / name
             other = next(DATASETS[n] for n in DATASETS if n != name)

@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,10 @@ from tqdm.auto import tqdm
 from stage1_tokenizer import VAE, VQVAE, PretrainedModel, codebook_usage
 from stage1_tokenizer.atomic_io import atomic_write_text
 from stage1_tokenizer.data import image_tensors
+from stage1_tokenizer.image_metrics import mse, psnr, ssim
 
 from .feature_classifier import FeatureClassifier
 from .generation import class_names_of, generate
-from .image_metrics import mse, psnr, ssim
 from .latent_tools import anomaly_score, roc_auc
 from .likelihood import (
     code_nll,
@@ -78,33 +79,39 @@ def _check_geometry(model: GenerativeModel, images: torch.Tensor, spec: str) -> 
                          f"evaluate it on the kind of data it was trained on")
 
 
-def _batched(fn, *tensors: torch.Tensor | None, batch_size: int = 256, desc: str, progress: bool) -> torch.Tensor:
-    n = len(tensors[0])
-    out = [fn(*(None if t is None else t[i : i + batch_size] for t in tensors))
-           for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress)]
-    return torch.cat(out)
+@dataclass
+class Reconstructions:
+    """One pass over the test split that later sections reuse: `n c h w` images and, for VQ, `n h w` codes."""
+
+    metrics: dict[str, float]
+    images: torch.Tensor
+    codes: torch.Tensor | None
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None,
-                           progress: bool = True) -> dict[str, float]:
+def reconstruct_split(model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None,
+                      batch_size: int = 256, progress: bool = True) -> Reconstructions:
     """Mean MSE, PSNR and SSIM of the reconstructions; a VQ-VAE's codebook usage and perplexity on `images`."""
     ae = _autoencoder(model).eval()
     device = next(ae.parameters()).device
+    vq = ae.model_type == "vqvae"
     labels = labels if ae.model_type == "cvae" else None
-
-    def one_batch(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        x = x.to(device)
-        recon = ae.reconstruct(x, None if y is None else y.to(device)).cpu()
-        return torch.stack([mse(x.cpu(), recon), psnr(x.cpu(), recon), ssim(x.cpu(), recon)], 1)
-
-    per_image = _batched(one_batch, images, labels, desc="reconstruct", progress=progress)
-    metrics = dict(zip(["mse", "psnr_db", "ssim"], per_image.mean(0).tolist()))
-    if ae.model_type == "vqvae":
-        codes = _batched(lambda x: ae.tokenize(x.to(device)).cpu(), images, desc="tokenize", progress=False)
-        metrics["codebook_usage"], metrics["perplexity"] = codebook_usage(torch.bincount(codes.flatten(),
-                                                                                        minlength=ae.codebook_size))
-    return metrics
+    recons, codes, per_image = [], [], []
+    for i in tqdm(range(0, len(images), batch_size), desc="reconstruct", disable=not progress):
+        x = images[i : i + batch_size]
+        if vq:  # the codes are kept for the prior, so tokenize once and decode them
+            codes.append(ae.tokenize(x.to(device)).cpu())
+            recon = ae.detokenize(codes[-1].to(device)).cpu()
+        else:
+            recon = ae.reconstruct(x.to(device), None if labels is None else labels[i : i + batch_size].to(device)).cpu()
+        recons.append(recon)
+        per_image.append(torch.stack([mse(x, recon), psnr(x, recon), ssim(x, recon)], 1))
+    metrics = dict(zip(["mse", "psnr_db", "ssim"], torch.cat(per_image).mean(0).tolist()))
+    all_codes = torch.cat(codes) if vq else None
+    if vq:
+        counts = torch.bincount(all_codes.flatten(), minlength=ae.codebook_size)
+        metrics["codebook_usage"], metrics["perplexity"] = codebook_usage(counts)
+    return Reconstructions(metrics, torch.cat(recons), all_codes)
 
 
 def vae_likelihood(model: VAE, images: torch.Tensor, labels: torch.Tensor | None, *, k: int, num_images: int,
@@ -141,20 +148,16 @@ def vae_likelihood(model: VAE, images: torch.Tensor, labels: torch.Tensor | None
 
 @torch.no_grad()
 def two_stage_likelihood(pipe: TwoStagePipeline, images: torch.Tensor, labels: torch.Tensor | None,
-                         train_images: torch.Tensor, progress: bool = True) -> tuple[dict[str, Any], torch.Tensor]:
+                         recon: Reconstructions, train_images: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
     """The prior's bits per pixel-dimension, and the bound on -log2 p(x); also returns per-image code NLLs."""
-    device = pipe.device
-    dims = images[0].numel()
-    codes = _batched(lambda x: pipe.tokenizer.tokenize(x.to(device)).cpu(), images, desc="tokenize", progress=False)
     conditional = pipe.num_classes > 0 and labels is not None
-    nll_cond = code_nll(pipe.prior, codes, labels if conditional else None) if conditional else None
-    nll_uncond = code_nll(pipe.prior, codes)
+    nll_uncond = code_nll(pipe.prior, recon.codes)
+    nll_prior = code_nll(pipe.prior, recon.codes, labels) if conditional else nll_uncond
     sigma = fit_decoder_sigma(pipe.tokenizer, train_images[:SIGMA_FIT_IMAGES])
-    pixel_nll = _batched(lambda x: discretized_gaussian_nll(x, pipe.tokenizer.reconstruct(x.to(device)).cpu(), sigma),
-                         images, desc="decoder likelihood", progress=progress)
-    per_dim = math.log(2) * dims
+    pixel_nll = discretized_gaussian_nll(images, recon.images, sigma)
+    per_dim = math.log(2) * images[0].numel()
     result = {
-        "prior_bits_per_pixel_dim": (nll_cond if conditional else nll_uncond).mean().item() / per_dim,
+        "prior_bits_per_pixel_dim": nll_prior.mean().item() / per_dim,
         "prior_conditioned_on_class": conditional,
         "prior_bits_per_pixel_dim_unconditional": nll_uncond.mean().item() / per_dim,
         "decoder_sigma": sigma,
@@ -229,8 +232,7 @@ def anomaly_metrics(model: GenerativeModel, normal: torch.Tensor, anomalous: tor
         # a CVAE scores each image under its best-fitting class: the labels of anomalies are unknown
         auc[score] = roc_auc(anomaly_score(model, normal, score=score), anomaly_score(model, anomalous, score=score))
     if code_nll_normal is not None:
-        codes = _batched(lambda x: model.tokenizer.tokenize(x.to(model.device)).cpu(), anomalous, desc="tokenize",
-                         progress=False)
+        codes = torch.cat([model.tokenizer.tokenize(x.to(model.device)).cpu() for x in anomalous.split(256)])
         auc["code_nll"] = roc_auc(code_nll_normal, code_nll(model.prior, codes))
     return auc
 
@@ -275,15 +277,16 @@ def evaluate(
     train_images, _ = image_tensors(dataset, "train", max(num_samples, SIGMA_FIT_IMAGES))
     result: dict[str, Any] = {"model": name, "family": kind, "dataset": dataset,
                               "test_images": len(test_images)}
-    result["reconstruction"] = reconstruction_metrics(model, test_images, test_labels, progress)
+    recon = reconstruct_split(model, test_images, test_labels, progress=progress)
+    result["reconstruction"] = recon.metrics
 
     code_nll_normal = None
     if kind in ("vae", "cvae"):
         result["likelihood"] = vae_likelihood(model, test_images, test_labels, k=iwae_k, num_images=iwae_images,
                                               seed=seed, progress=progress)
     elif kind == "two-stage":
-        result["likelihood"], code_nll_normal = two_stage_likelihood(model, test_images, test_labels, train_images,
-                                                                     progress)
+        result["likelihood"], code_nll_normal = two_stage_likelihood(model, test_images, test_labels, recon,
+                                                                     train_images)
 
     if kind == "vqvae":
         result["samples"] = "not applicable: a VQ-VAE alone has no prior to sample from"

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from stage1_tokenizer import VAE, VQVAE
 from stage1_tokenizer.posterior import standard_normal_log_prob
 from stage2_prior.prior import prior_spec
+from stage2_prior.scoring import sequence_nll
 
 
 @torch.no_grad()
@@ -108,8 +109,7 @@ def code_nll(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor |
         c = codes[start : start + batch_size].flatten(1).to(device)
         y = None if labels is None else labels[start : start + batch_size].to(device)
         ids = torch.cat([vocab.prefix(y, c.shape[0], device), c.long()], dim=1)
-        logits = prior(input_ids=ids).logits[:, :-1, :k].float()
-        out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").sum(1).cpu())
+        out.append(sequence_nll(prior, ids, num_logits=k).cpu())
     return torch.cat(out)
 
 

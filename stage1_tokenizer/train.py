@@ -24,8 +24,17 @@ from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
 from .checkpointing import isolated_rng
 from .data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
 from .image_grid import save_image_grid, save_reconstruction_grid
-from .training import (add_training_args, check_training_args, finish_step, make_accelerator, mean_finite_loss,
-                       optimizer_step, prepare_training, stop_on_signals)
+from .image_metrics import psnr_from_mse
+from .training import (
+    add_training_args,
+    check_training_args,
+    finish_step,
+    make_accelerator,
+    mean_finite_loss,
+    optimizer_step,
+    prepare_training,
+    stop_on_signals,
+)
 
 MODELS: dict[str, type[PretrainedModel]] = {"vqvae": VQVAE, "vae": VAE, "cvae": CVAE}
 
@@ -126,7 +135,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
     mse = torch.cat(per_image_mse)
     metrics = {f"test/{k}": v / count for k, v in sums.items()}
     metrics["test/mse"] = mse.mean().item()
-    metrics["test/psnr"] = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
+    metrics["test/psnr"] = psnr_from_mse(mse).mean().item()
     if all_codes:
         counts = torch.bincount(torch.cat(all_codes).flatten(), minlength=unwrapped.codebook_size)
         metrics["test/codebook_usage"], metrics["test/perplexity"] = codebook_usage(counts)

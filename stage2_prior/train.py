@@ -32,6 +32,7 @@ from .codes import DEFAULT_CACHE_DIR, encode_dataset
 from .prior import TokenizerSpec, build_prior, prior_spec
 from .saving import push_prior, save_prior
 from .sampling import sample_codes
+from .scoring import sequence_nll
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,9 +82,7 @@ def evaluate(accelerator: Accelerator, prior: torch.nn.Module, loader: DataLoade
     total_nll, total_tokens, total_images = 0.0, 0, 0
     for batch in loader:
         ids = input_ids(batch["codes"], batch.get("label") if conditional else None, vocab)
-        logits = prior(input_ids=ids).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").sum(1)
-        nll = accelerator.gather_for_metrics(nll)
+        nll = accelerator.gather_for_metrics(sequence_nll(prior, ids))
         total_nll += nll.sum().item()
         total_images += nll.shape[0]
         total_tokens += nll.shape[0] * (ids.shape[1] - 1)

@@ -21,10 +21,14 @@ def mse(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     return (originals.double() - reconstructions.double()).pow(2).flatten(1).mean(1)
 
 
+def psnr_from_mse(error: torch.Tensor, max_db: float = MAX_PSNR_DB) -> torch.Tensor:
+    """PSNR in dB (peak 1) of per-image mean squared errors, capped at `max_db`."""
+    return (10 * torch.log10(1.0 / error)).clamp(max=max_db)
+
+
 def psnr(originals: torch.Tensor, reconstructions: torch.Tensor, max_db: float = MAX_PSNR_DB) -> torch.Tensor:
     """Peak signal-to-noise ratio per image in dB (peak 1), capped at `max_db`: `b`."""
-    error = mse(originals, reconstructions)
-    return (10 * torch.log10(1.0 / error)).clamp(max=max_db)
+    return psnr_from_mse(mse(originals, reconstructions), max_db)
 
 
 def ssim(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
