@@ -46,8 +46,8 @@ from report import emit, header  # noqa: E402
 
 from pipelines.evaluate import evaluate  # noqa: E402
 from stage1_tokenizer import GaussianPosterior  # noqa: E402
-from stage1_tokenizer.atomic_io import atomic_directory  # noqa: E402
-from stage1_tokenizer.data import image_tensors  # noqa: E402
+from vqgen.atomic_io import atomic_directory  # noqa: E402
+from vqgen.data import image_tensors  # noqa: E402
 
 try:
     from importlib.metadata import version as _dist_version

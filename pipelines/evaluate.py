@@ -33,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from stage1_tokenizer import VAE, VQVAE, PretrainedModel, codebook_usage
-from stage1_tokenizer.atomic_io import atomic_write_text
-from stage1_tokenizer.data import image_tensors
-from stage1_tokenizer.image_metrics import mse, psnr, ssim
+from vqgen.atomic_io import atomic_write_text
+from vqgen.data import image_tensors
+from vqgen.image_metrics import mse, psnr, ssim
 
 from .feature_classifier import FeatureClassifier
 from .generation import class_names_of, generate

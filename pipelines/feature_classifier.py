@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from stage1_tokenizer.atomic_io import atomic_path, atomic_write_text
-from stage1_tokenizer.data import class_names, image_tensors, load_image_dataset
+from vqgen.atomic_io import atomic_path, atomic_write_text
+from vqgen.data import class_names, image_tensors, load_image_dataset
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 

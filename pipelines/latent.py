@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from stage1_tokenizer import CVAE
-from stage1_tokenizer.atomic_io import atomic_path
-from stage1_tokenizer.data import DEFAULT_DATASET, images_to_tensor, load_image_dataset
-from stage1_tokenizer.image_grid import save_image_grid
+from vqgen.atomic_io import atomic_path
+from vqgen.data import DEFAULT_DATASET, images_to_tensor, load_image_dataset
+from vqgen.image_grid import save_image_grid
 
 from . import latent_tools as lt
 from .loading import GenerativeModel, load_model

@@ -22,8 +22,8 @@ from typing import Literal
 import torch
 
 from stage1_tokenizer import CVAE, VAE, VQVAE
-from stage1_tokenizer.atomic_io import atomic_path
-from stage1_tokenizer.validation import check_images
+from vqgen.atomic_io import atomic_path
+from vqgen.validation import check_images
 from stage2_prior import sample_codes
 
 from .generation import Labels, resolve_labels, sample_seed

@@ -24,8 +24,8 @@ import torch
 from transformers import PreTrainedModel
 
 from stage1_tokenizer import VQVAE, ModelLoadError
-from stage1_tokenizer.atomic_io import atomic_write_text
-from stage1_tokenizer.pretrained import config_from_dict, push_saved_folder, resolve_model_folder
+from vqgen.atomic_io import atomic_write_text
+from vqgen.pretrained import config_from_dict, push_saved_folder, resolve_model_folder
 from stage2_prior import check_compatible, load_prior, save_prior
 from stage2_prior.prior import PriorSpec
 
@@ -123,7 +123,7 @@ class TwoStagePipeline:
     def save_pretrained(self, save_directory: str | os.PathLike, *, sample_grid: bool = True) -> Path:
         """Write both halves, a sample grid, the model card, and `pipeline_config.json` last."""
         from .generation import generate
-        from stage1_tokenizer.image_grid import save_image_grid
+        from vqgen.image_grid import save_image_grid
 
         folder = Path(save_directory)
         self.tokenizer.save_pretrained(folder / "tokenizer")

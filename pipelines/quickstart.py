@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from stage1_tokenizer.data import DEFAULT_DATASET
+from vqgen.data import DEFAULT_DATASET
 from stage1_tokenizer.train import main as train_tokenizer
 from stage2_prior.train import main as train_prior
 

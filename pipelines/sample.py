@@ -25,8 +25,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from stage1_tokenizer.atomic_io import atomic_write_bytes, atomic_write_text
-from stage1_tokenizer.image_grid import save_image_grid
+from vqgen.atomic_io import atomic_write_bytes, atomic_write_text
+from vqgen.image_grid import save_image_grid
 
 from .generation import resolve_labels, resolve_settings, sample_images, sample_seed
 from .loading import load_model

@@ -3,7 +3,7 @@
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
 from .outputs import AutoencoderOutput
 from .posterior import GaussianPosterior
-from .pretrained import ModelLoadError, PretrainedModel
+from vqgen.pretrained import ModelLoadError, PretrainedModel
 from .quantizer import VectorQuantizer, codebook_usage
 from .vae import CVAE, VAE
 from .vqvae import VQVAE

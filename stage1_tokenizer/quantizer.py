@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .distributed import all_reduce_sum_, broadcast_
+from vqgen.distributed import all_reduce_sum_, broadcast_
 
 CodebookInit = Literal["kmeans", "data", "random"]
 

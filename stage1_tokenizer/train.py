@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
-from .checkpointing import isolated_rng
-from .data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
-from .image_grid import save_image_grid, save_reconstruction_grid
-from .image_metrics import psnr_from_mse
-from .training import (
+from vqgen.checkpointing import isolated_rng
+from vqgen.data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
+from vqgen.image_grid import save_image_grid, save_reconstruction_grid
+from vqgen.image_metrics import psnr_from_mse
+from vqgen.training import (
     add_training_args,
     check_training_args,
     finish_step,

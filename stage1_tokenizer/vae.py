@@ -18,8 +18,8 @@ from .configs import CVAEConfig, VAEConfig
 from .networks import Decoder, Encoder
 from .outputs import AutoencoderOutput
 from .posterior import GaussianPosterior
-from .pretrained import PretrainedModel
-from .validation import check_images, check_labels
+from vqgen.pretrained import PretrainedModel
+from vqgen.validation import check_images, check_labels
 
 
 class VAE(PretrainedModel):

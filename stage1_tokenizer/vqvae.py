@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from .configs import VQVAEConfig
 from .networks import Decoder, Encoder
 from .outputs import AutoencoderOutput
-from .pretrained import PretrainedModel
+from vqgen.pretrained import PretrainedModel
 from .quantizer import VectorQuantizer
-from .validation import check_images
+from vqgen.validation import check_images
 
 
 class VQVAE(PretrainedModel):

@@ -22,8 +22,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
-from stage1_tokenizer.atomic_io import atomic_directory
-from stage1_tokenizer.data import images_to_tensor, load_image_dataset
+from vqgen.atomic_io import atomic_directory
+from vqgen.data import images_to_tensor, load_image_dataset
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("VQGEN_CACHE", Path.home() / ".cache" / "vqgen" / "codes"))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from stage1_tokenizer.atomic_io import atomic_write_text
-from stage1_tokenizer.pretrained import push_saved_folder
+from vqgen.atomic_io import atomic_write_text
+from vqgen.pretrained import push_saved_folder
 
 from .prior import prior_spec
 

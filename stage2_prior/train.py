@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
-from stage1_tokenizer.checkpointing import isolated_rng
-from stage1_tokenizer.data import DEFAULT_DATASET, class_names
-from stage1_tokenizer.image_grid import save_image_grid
-from stage1_tokenizer.training import (add_training_args, check_training_args, finish_step, make_accelerator,
+from vqgen.checkpointing import isolated_rng
+from vqgen.data import DEFAULT_DATASET, class_names
+from vqgen.image_grid import save_image_grid
+from vqgen.training import (add_training_args, check_training_args, finish_step, make_accelerator,
                                        mean_finite_loss, optimizer_step, prepare_training, stop_on_signals)
 
 from .codes import DEFAULT_CACHE_DIR, encode_dataset

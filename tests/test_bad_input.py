@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import pipelines
 from stage1_tokenizer import CVAE, VQVAE, ModelLoadError, load_pretrained
 from stage1_tokenizer.configs import VQVAEConfig
-from stage1_tokenizer.data import DatasetSpecError, load_image_dataset
+from vqgen.data import DatasetSpecError, load_image_dataset
 from stage2_prior import TokenizerSpec, build_prior, check_compatible, sample_codes
 
 TINY_VQ = dict(codebook_size=16, code_dim=4, channels=8, num_res_blocks=1)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from stage1_tokenizer.data import DatasetSpecError, class_names, images_to_tensor, load_image_dataset
+from vqgen.data import DatasetSpecError, class_names, images_to_tensor, load_image_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_missing_idx_files_and_bad_arguments(mnist_dir, tmp_path):
 
 
 def test_hub_id_while_offline_names_the_local_alternatives():
-    code = "from stage1_tokenizer.data import load_image_dataset; load_image_dataset('ylecun/mnist')"
+    code = "from vqgen.data import load_image_dataset; load_image_dataset('ylecun/mnist')"
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                             env={**env, "PYTHONPATH": str(ROOT), "HOME": str(ROOT / ".pytest_cache")}, timeout=120)

@@ -15,7 +15,7 @@ from pipelines.latent_tools import roc_auc
 from pipelines.likelihood import discretized_gaussian_nll, importance_weighted_bound
 from pipelines.sample_quality import frechet_distance, precision_recall
 from stage1_tokenizer import VAE, GaussianPosterior
-from stage1_tokenizer.image_metrics import MAX_PSNR_DB, mse, psnr, ssim
+from vqgen.image_metrics import MAX_PSNR_DB, mse, psnr, ssim
 from stage1_tokenizer.posterior import standard_normal_log_prob
 from stage1_tokenizer.train import batch_to_inputs
 from stage1_tokenizer.train import main as train_stage1

@@ -14,7 +14,7 @@ import pipelines.latent as cli
 import pipelines.latent_tools as lt
 from pipelines import TwoStagePipeline
 from stage1_tokenizer import CVAE, VAE, VQVAE
-from stage1_tokenizer.data import images_to_tensor, load_image_dataset
+from vqgen.data import images_to_tensor, load_image_dataset
 from stage2_prior import TokenizerSpec, build_prior, sample_codes
 
 TINY = dict(channels=8, num_res_blocks=1)

@@ -125,7 +125,7 @@ def test_code_cache_is_reused_and_never_stale(tmp_path, monkeypatch):
     first = encode_dataset(tok, "embedded", "test", cache_dir=tmp_path, max_samples=20)
     assert len(first) == 20 and len(first[0]["codes"]) == 49 and "label" in first.features
     expected = tok.tokenize(torch.tensor(__import__("numpy").asarray(
-        __import__("stage1_tokenizer.data", fromlist=["x"]).load_image_dataset("embedded", "test", max_samples=2)
+        __import__("vqgen.data", fromlist=["x"]).load_image_dataset("embedded", "test", max_samples=2)
         .with_format("numpy")["image"], dtype="float32") / 255)).flatten(1)
     assert torch.equal(torch.tensor(first["codes"][:2]), expected)
     import stage2_prior.codes as codes_module

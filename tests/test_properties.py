@@ -16,7 +16,7 @@ from PIL import Image
 
 import stage2_prior
 from stage1_tokenizer import VQVAE
-from stage1_tokenizer.data import load_image_dataset
+from vqgen.data import load_image_dataset
 from stage1_tokenizer.quantizer import VectorQuantizer
 from stage2_prior.sampling import check_sampling_args, filter_logits
 

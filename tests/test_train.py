@@ -121,7 +121,7 @@ class _Payload:
 def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path):
     import pickle
 
-    from stage1_tokenizer.checkpointing import TRAINER_STATE, file_digests
+    from vqgen.checkpointing import TRAINER_STATE, file_digests
 
     common = ["--model", "vqvae", "--eval_steps", "1000", *TINY]
     train([*common, "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--checkpointing_steps", "2"])

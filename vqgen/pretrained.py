@@ -121,20 +121,43 @@ def push_saved_folder(
     return str(info)
 
 
-def read_config_json(folder: Path) -> dict[str, Any]:
+def read_versioned_json(path: Path, max_version: int) -> dict[str, Any]:
+    """A JSON object with its `format_version` popped and checked: the one reader of every saved config."""
     try:
-        data = json.loads((folder / CONFIG_NAME).read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{folder / CONFIG_NAME} is not valid JSON ({e}); the file is corrupt.") from e
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); the file is corrupt.") from e
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{folder / CONFIG_NAME} must hold a JSON object.")
+        raise ModelLoadError(f"{path} must hold a JSON object.")
     version = data.pop("format_version", None)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > max_version:
         raise ModelLoadError(
-            f"{folder / CONFIG_NAME} has format_version {version!r}; this vqgen reads up to {FORMAT_VERSION}. "
+            f"{path} has format_version {version!r}; this vqgen reads up to {max_version}. "
             "Upgrade vqgen (pip install -U vqgen)."
         )
+    data["format_version"] = version
     return data
+
+
+def read_config_json(folder: Path) -> dict[str, Any]:
+    data = read_versioned_json(folder / CONFIG_NAME, FORMAT_VERSION)
+    data.pop("format_version")
+    return data
+
+
+def model_card(*, title: str, tags: list[str], description: str, usage: str, metrics: dict[str, Any],
+               metrics_heading: str = "Final metrics (test split)", sections: dict[str, str] | None = None,
+               datasets: list[str] | None = None) -> str:
+    """The one model card of every saved vqgen thing: YAML front matter, description, usage, metrics."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="vqgen", tags=["vqgen", *tags], datasets=datasets or None)
+    rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    extra = "".join(f"## {heading}\n\n{body}\n\n" for heading, body in (sections or {}).items())
+    return (
+        f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{description}\n\n```python\n{usage}\n```\n\n{extra}"
+        f"## {metrics_heading}\n\n| metric | value |\n|---|---|\n{rows or '| (not evaluated) | |'}\n"
+    )
 
 
 class PretrainedModel(nn.Module):
@@ -178,31 +201,22 @@ class PretrainedModel(nn.Module):
         return folder
 
     def model_card(self) -> str:
-        from huggingface_hub import ModelCardData
-
         dataset = self.card_data.get("dataset")
-        metrics: dict[str, float] = self.card_data.get("metrics", {})
-        data = ModelCardData(
-            library_name="vqgen",
-            tags=["vqgen", self.model_type, "image-tokenizer" if self.model_type == "vqvae" else "vae"],
-            datasets=[dataset] if dataset and "/" in dataset and not Path(dataset).exists() else None,
-        )
-        config_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in config_to_dict(self.config).items())
-        metric_rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in metrics.items()) or "| (not evaluated) | |"
+        name = type(self).__name__
         training = self.card_data.get("training", {})
         training_rows = "\n".join(f"- {k}: `{v}`" for k, v in training.items())
-        return (
-            f"---\n{data.to_yaml()}\n---\n\n"
-            f"# vqgen {type(self).__name__}\n\n"
-            f"A stage-1 model of [vqgen](https://github.com/vqgen/vqgen) (`model_type: {self.model_type}`).\n\n"
-            "```python\n"
-            f"from stage1_tokenizer import {type(self).__name__}\n"
-            f"model = {type(self).__name__}.from_pretrained(\"<this folder or repo id>\")\n"
-            "```\n\n"
-            f"## Training data\n\n{dataset or 'unknown (not trained with stage1_tokenizer.train)'}\n\n"
-            f"{training_rows}\n\n"
-            f"## Final metrics (test split)\n\n| metric | value |\n|---|---|\n{metric_rows}\n\n"
-            f"## Config\n\n| field | value |\n|---|---|\n{config_rows}\n"
+        config_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in config_to_dict(self.config).items())
+        return model_card(
+            title=f"vqgen {name}",
+            tags=[self.model_type, "image-tokenizer" if hasattr(self, "tokenize") else "vae"],
+            datasets=[dataset] if dataset and "/" in dataset and not Path(dataset).exists() else None,
+            description=f"A stage-1 model of [vqgen](https://github.com/vqgen/vqgen) (`model_type: {self.model_type}`).",
+            usage=f"from stage1_tokenizer import {name}\nmodel = {name}.from_pretrained(\"<this folder or repo id>\")",
+            sections={
+                "Training data": f"{dataset or 'unknown (not trained with stage1_tokenizer.train)'}\n\n{training_rows}",
+                "Config": f"| field | value |\n|---|---|\n{config_rows}",
+            },
+            metrics=self.card_data.get("metrics", {}),
         )
 
     def push_to_hub(

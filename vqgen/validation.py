@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
-from .configs import AutoencoderConfig
+
+class ImageGeometry(Protocol):
+    image_size: int
+    image_channels: int
 
 
-def check_images(images: torch.Tensor, config: AutoencoderConfig) -> None:
+def check_images(images: torch.Tensor, config: ImageGeometry) -> None:
     """Images must be a float `b c h w` tensor in [0, 1] of the size and channels the model was built for."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor of shape [b, c, h, w], got {type(images).__name__}")
