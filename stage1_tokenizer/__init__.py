@@ -4,7 +4,8 @@ from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
 from .outputs import AutoencoderOutput
 from .posterior import GaussianPosterior
 from vqgen.pretrained import ModelLoadError, PretrainedModel
-from .quantizer import VectorQuantizer, codebook_usage
+from .losses import LOSSES, LossTerms, TrainingLoss, build_loss
+from .quantizers import QUANTIZERS, FiniteScalarQuantizer, FSQConfig, Quantizer, VectorQuantizer, VectorQuantizerConfig, codebook_usage
 from .vae import CVAE, VAE
 from .vqvae import VQVAE
 
@@ -15,7 +16,8 @@ def load_pretrained(name_or_path: str, **kwargs) -> PretrainedModel:
 
 
 __all__ = [
-    "AutoencoderConfig", "AutoencoderOutput", "CVAE", "CVAEConfig", "GaussianPosterior", "ModelLoadError",
-    "PretrainedModel", "VAE", "VAEConfig", "VQVAE", "VQVAEConfig", "VectorQuantizer", "codebook_usage",
-    "load_pretrained",
+    "AutoencoderConfig", "AutoencoderOutput", "CVAE", "CVAEConfig", "FSQConfig", "FiniteScalarQuantizer",
+    "GaussianPosterior", "LOSSES", "LossTerms", "ModelLoadError", "PretrainedModel", "QUANTIZERS", "Quantizer",
+    "TrainingLoss", "VAE", "VAEConfig", "VQVAE", "VQVAEConfig", "VectorQuantizer", "VectorQuantizerConfig",
+    "build_loss", "codebook_usage", "load_pretrained",
 ]

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vqgen.cli import option
+
+from .quantizers import QUANTIZERS, VectorQuantizerConfig, quantizer_config
 
 
 @dataclass
 class AutoencoderConfig:
     """The encoder/decoder and image geometry every stage-1 model shares."""
 
-    image_size: int = 28
-    image_channels: int = 1
-    channels: int = 64
-    num_downsamples: int = 2
-    num_res_blocks: int = 2
-    class_names: list[str] | None = None
+    image_size: int = option(28, "side of the (square) images")
+    image_channels: int = option(1, "1 (grey) or 3 (RGB)")
+    channels: int = option(64, "conv channels of encoder and decoder")
+    num_downsamples: int = option(2, "stride-2 stages: latent side = image side / 2**n")
+    num_res_blocks: int = option(2, "residual blocks in encoder and in decoder")
+    class_names: list[str] | None = option(None, "the dataset's class names")
 
     def __post_init__(self) -> None:
         factor = 2**self.num_downsamples
@@ -35,23 +39,40 @@ class AutoencoderConfig:
 
 @dataclass
 class VQVAEConfig(AutoencoderConfig):
-    codebook_size: int = 512
-    code_dim: int = 64
-    beta: float = 0.25
-    ema_decay: float | None = 0.99
-    dead_code_threshold: float = 1.0
-    codebook_init: Literal["kmeans", "data", "random"] = "kmeans"
-    l2_normalize: bool = False
+    """The encoder's `code_dim` latent channels go through the quantiser that `quantizer.type` names."""
+
+    code_dim: int = option(64, "latent channels the encoder hands to the quantiser")
+    quantizer: Any = field(default_factory=VectorQuantizerConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.quantizer = quantizer_config(self.quantizer)
+        if getattr(self.quantizer, "type", None) not in QUANTIZERS:
+            raise ValueError(f"quantizer must be a config of one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of codes K, whichever quantiser (a property of the quantiser, read from its config)."""
+        return self.quantizer.codebook_size
+
+    @staticmethod
+    def upgrade(data: dict[str, Any], format_version: int) -> dict[str, Any]:
+        """config.json fields of an older format -> this one. Version 1 kept the VQ settings at top level."""
+        if format_version < 2 and "quantizer" not in data:
+            names = ("codebook_size", "beta", "ema_decay", "dead_code_threshold", "codebook_init", "l2_normalize")
+            data = dict(data)
+            data["quantizer"] = {"type": "vq", **{k: data.pop(k) for k in names if k in data}}
+        return data
 
 
 @dataclass
 class VAEConfig(AutoencoderConfig):
-    latent: Literal["flat", "grid"] = "flat"
-    latent_dim: int = 32  # flat: size of z; grid: channels of z on the latent_size x latent_size grid
-    kl_weight: float = 1.0  # beta of the beta-VAE
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    gaussian_std: float = 0.1  # fixed std of the Gaussian likelihood
-    binarized: bool = False  # trained on dynamically binarised images (train.py --binarize)
+    latent: Literal["flat", "grid"] = option("flat", "latent as a vector or a spatial grid")
+    latent_dim: int = option(32, "size of z (flat) or its channels (grid)")
+    kl_weight: float = option(1.0, "beta of the beta-VAE")
+    likelihood: Literal["bernoulli", "gaussian"] = option("bernoulli", "p(x|z)")
+    gaussian_std: float = option(0.1, "fixed std of the Gaussian likelihood")
+    binarized: bool = option(False, "trained on dynamically binarised images (train.py --binarize)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,8 +84,8 @@ class VAEConfig(AutoencoderConfig):
 
 @dataclass
 class CVAEConfig(VAEConfig):
-    num_classes: int = 10
-    label_embed_dim: int = 16
+    num_classes: int = option(10, "number of classes")
+    label_embed_dim: int = option(16, "size of the label embedding beside z")
 
     def __post_init__(self) -> None:
         super().__post_init__()

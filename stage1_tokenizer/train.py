@@ -9,21 +9,28 @@ The final model is written with `save_pretrained` into `--output_dir`; checkpoin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, option, parse_arguments
+
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
+from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
+from .losses import LOSSES, LossSum, build_loss
+from .quantizers import QUANTIZERS
 from vqgen.checkpointing import isolated_rng
 from vqgen.data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
-from vqgen.image_grid import save_image_grid, save_reconstruction_grid
+from vqgen.image_grid import class_grid_labels, save_image_grid, save_reconstruction_grid
 from vqgen.image_metrics import psnr_from_mse
 from vqgen.training import (
     add_training_args,
@@ -31,12 +38,29 @@ from vqgen.training import (
     finish_step,
     make_accelerator,
     mean_finite_loss,
+    auxiliary_step,
     optimizer_step,
     prepare_training,
     stop_on_signals,
 )
 
 MODELS: dict[str, type[PretrainedModel]] = {"vqvae": VQVAE, "vae": VAE, "cvae": CVAE}
+
+
+@dataclass
+class Stage1Arguments:
+    """What to train on what; the architecture, quantiser and loss options come from their own configs."""
+
+    model: Literal["vqvae", "vae", "cvae"] = option("vqvae", "which stage-1 model to train")
+    dataset: str = option(DEFAULT_DATASET, "'embedded' (5,000 MNIST digits shipped with the install), a folder of MNIST "
+                                           "IDX files, an imagefolder tree, or a Hub dataset id such as ylecun/mnist")
+    image_size: int | None = option(None, "resize images to this side (default: the dataset's)")
+    channels_in: int | None = option(None, "convert images to 1 or 3 channels")
+    quantizer: str = option("vq", "the VQ-VAE's quantiser", choices=lambda: sorted(QUANTIZERS))
+    extra_losses: list[str] = option(default_factory=list, help="losses added to the model's own",
+                                     choices=lambda: sorted(LOSSES))
+    binarize: bool = option(False, "dynamic binarisation: every batch (train and test) becomes x ~ Bernoulli(pixel); the "
+                                   "setting of the published MNIST likelihood tables (needs --likelihood bernoulli)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,63 +70,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_training_args(p, output_dir="runs/stage1", batch_size=128, learning_rate=1e-3, weight_decay=0.0)
-    g = p.add_argument_group("data and model")
-    g.add_argument("--model", choices=sorted(MODELS), default="vqvae", help="which stage-1 model to train")
-    g.add_argument("--dataset", default=DEFAULT_DATASET,
-                   help="'embedded' (5,000 MNIST digits shipped with the install), a folder of MNIST IDX files, "
-                        "an imagefolder tree, or a Hub dataset id such as ylecun/mnist")
-    g.add_argument("--image_size", type=int, default=None, help="resize images to this side (default: the dataset's)")
-    g.add_argument("--channels_in", type=int, choices=[1, 3], default=None, help="convert images to 1 or 3 channels")
+    add_dataclass_arguments(p.add_argument_group("data and model"), Stage1Arguments)
+    geometry = ("image_size", "image_channels", "class_names")
+    add_dataclass_arguments(p.add_argument_group("architecture (shared encoder/decoder)"), AutoencoderConfig,
+                            exclude=geometry)
+    add_dataclass_arguments(p.add_argument_group("VQ-VAE"), VQVAEConfig, exclude=(*geometry, *_base_fields(), "quantizer"))
+    for name, quantizer in QUANTIZERS.items():
+        add_dataclass_arguments(p.add_argument_group(f"quantizer {name}"), quantizer.config_class, exclude=("type",))
+    vae_only = ("binarized",)
+    add_dataclass_arguments(p.add_argument_group("VAE / CVAE"), CVAEConfig,
+                            exclude=(*geometry, *_base_fields(), "num_classes", *vae_only))
+    for name, loss in LOSSES.items():
+        if dataclasses.fields(loss.config_class):
+            add_dataclass_arguments(p.add_argument_group(f"loss {name}"), loss.config_class)
 
-    g = p.add_argument_group("architecture (shared encoder/decoder)")
-    g.add_argument("--channels", type=int, default=64, help="conv channels of encoder and decoder")
-    g.add_argument("--num_downsamples", type=int, default=2, help="stride-2 stages: latent side = image side / 2**n")
-    g.add_argument("--num_res_blocks", type=int, default=2, help="residual blocks in encoder and in decoder")
-
-    g = p.add_argument_group("VQ-VAE")
-    g.add_argument("--codebook_size", type=int, default=512, help="number of codes K")
-    g.add_argument("--code_dim", type=int, default=64, help="dimension of each code")
-    g.add_argument("--beta", type=float, default=0.25, help="commitment weight")
-    g.add_argument("--ema_decay", type=float, default=0.99, help="EMA codebook decay; 0 = learn codebook by gradient")
-    g.add_argument("--dead_code_threshold", type=float, default=1.0,
-                   help="restart codes whose EMA count per step falls below this; 0 disables")
-    g.add_argument("--codebook_init", choices=["kmeans", "data", "random"], default="kmeans", help="codebook initialisation")
-    g.add_argument("--l2_normalize", action="store_true", help="l2-normalised (cosine) codes")
-
-    g = p.add_argument_group("VAE / CVAE")
-    g.add_argument("--latent", choices=["flat", "grid"], default="flat", help="latent as a vector or a spatial grid")
-    g.add_argument("--latent_dim", type=int, default=32, help="size of z (flat) or its channels (grid)")
-    g.add_argument("--kl_weight", type=float, default=1.0, help="beta of the beta-VAE")
-    g.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli", help="p(x|z)")
-    g.add_argument("--binarize", action="store_true",
-                   help="dynamic binarisation: every batch (train and test) becomes x ~ Bernoulli(pixel); the "
-                        "setting of the published MNIST likelihood tables (needs --likelihood bernoulli)")
-
-    args = p.parse_args(argv)
+    args = parse_arguments(p, argv)
     check_training_args(p, args)
     if args.binarize and (args.model == "vqvae" or args.likelihood != "bernoulli"):
         p.error("--binarize is for the VAE family with --likelihood bernoulli (a binary image needs a binary likelihood)")
     return args
 
 
+def _base_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(AutoencoderConfig))
+
+
 def build_model(args: argparse.Namespace, image_size: int, image_channels: int, names: list[str] | None) -> PretrainedModel:
-    common: dict[str, Any] = dict(
-        image_size=image_size, image_channels=image_channels, channels=args.channels,
-        num_downsamples=args.num_downsamples, num_res_blocks=args.num_res_blocks, class_names=names,
-    )
+    geometry: dict[str, Any] = dict(image_size=image_size, image_channels=image_channels, class_names=names)
     if args.model == "vqvae":
-        return VQVAE(
-            codebook_size=args.codebook_size, code_dim=args.code_dim, beta=args.beta,
-            ema_decay=args.ema_decay or None, dead_code_threshold=args.dead_code_threshold,
-            codebook_init=args.codebook_init, l2_normalize=args.l2_normalize, **common,
-        )
-    vae: dict[str, Any] = dict(latent=args.latent, latent_dim=args.latent_dim, kl_weight=args.kl_weight,
-                               likelihood=args.likelihood, binarized=args.binarize)
+        quantizer = dataclass_from_arguments(QUANTIZERS[args.quantizer].config_class, args)
+        return VQVAE(dataclass_from_arguments(VQVAEConfig, args, quantizer=quantizer, **geometry))
     if args.model == "cvae":
         if names is None:
             raise SystemExit(f"--model cvae needs a labelled dataset; {args.dataset!r} has no labels.")
-        return CVAE(num_classes=len(names), **vae, **common)
-    return VAE(**vae, **common)
+        return CVAE(dataclass_from_arguments(CVAEConfig, args, num_classes=len(names), binarized=args.binarize,
+                                             **geometry))
+    return VAE(dataclass_from_arguments(VAEConfig, args, binarized=args.binarize, **geometry))
+
+
+def build_training_loss(args: argparse.Namespace, model: PretrainedModel) -> LossSum:
+    options = {name: dataclass_from_arguments(loss.config_class, args) for name, loss in LOSSES.items()}
+    return build_loss(model, args.extra_losses, options)
 
 
 def batch_to_inputs(batch: dict[str, torch.Tensor], binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -112,7 +120,8 @@ def batch_to_inputs(batch: dict[str, torch.Tensor], binarize: bool = False) -> t
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, binarize: bool = False) -> dict[str, float]:
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, loss_fn: LossSum, loader: DataLoader, step: int,
+             binarize: bool = False) -> dict[str, float]:
     """Test-split metrics, combined over processes: MSE, PSNR, the loss terms, usage/perplexity for VQ."""
     unwrapped = accelerator.unwrap_model(model)
     model.eval()
@@ -122,11 +131,12 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
     for batch in loader:
         images, labels = batch_to_inputs(batch, binarize)
         out = model(images, labels)
+        terms = loss_fn(out, images, step)
         recon = unwrapped.reconstruct(images, labels)
         mse = accelerator.gather_for_metrics((recon.float() - images.float()).pow(2).flatten(1).mean(1))
         per_image_mse.append(mse)
         n = mse.shape[0]
-        for name, value in out.terms().items():
+        for name, value in terms.floats().items():
             sums[name] = sums.get(name, 0.0) + value * n
         count += n
         if out.codes is not None:
@@ -151,11 +161,12 @@ def write_grids(accelerator: Accelerator, model: torch.nn.Module, batch: dict[st
     was_training = model.training
     model.eval()
     paths = [save_reconstruction_grid(images, unwrapped.reconstruct(images, labels), folder / f"reconstructions{tag}.png")]
-    if isinstance(unwrapped, VAE):
-        num_classes = len(unwrapped.config.class_names or []) or 10
-        sample_labels = torch.arange(num_classes, device=images.device).repeat_interleave(8)
+    if unwrapped.can_sample:
+        sample_labels = class_grid_labels(len(unwrapped.class_names or [])) if unwrapped.requires_labels else None
+        num_samples = 64 if sample_labels is None else sample_labels.shape[0]
         generator = torch.Generator(device=images.device).manual_seed(0)
-        samples = unwrapped.sample(sample_labels.shape[0], sample_labels if isinstance(unwrapped, CVAE) else None, generator=generator)
+        samples = unwrapped.sample(num_samples, None if sample_labels is None else sample_labels.to(images.device),
+                                   generator=generator)
         paths.append(save_image_grid(samples, folder / f"samples{tag}.png", nrow=8))
     model.train(was_training)
     return paths
@@ -177,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = build_model(args, h, c, names)
     log(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"{len(train_set):,} train / {len(test_set):,} test images of {c}x{h}x{h}; {accelerator.num_processes} process(es)")
-    state = prepare_training(accelerator, model, train_set, test_set, args)
+    loss_fn = build_training_loss(args, model).to(accelerator.device)
+    state = prepare_training(accelerator, model, train_set, test_set, args, auxiliary=loss_fn.optimizer_groups())
     model, step = state.model, state.step
     grid_batch = next(iter(state.test_loader))
 
@@ -188,16 +200,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         images, labels = batch_to_inputs(batch, args.binarize)
         with accelerator.accumulate(model):
             out = model(images, labels)
-            optimizer_step(accelerator, state, out.loss, args.max_grad_norm)
+            terms = loss_fn(out, images, step)
+            optimizer_step(accelerator, state, terms.loss, args.max_grad_norm)
+            auxiliary_step(accelerator, state, loss_fn.auxiliary_loss(out, images, step), args.max_grad_norm)
         if not accelerator.sync_gradients:
             continue
         step += 1
-        loss = mean_finite_loss(accelerator, out.loss, step)
+        loss = mean_finite_loss(accelerator, terms.loss, step)
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4g}")
         if step % args.eval_steps == 0 or step == args.max_steps:
             with isolated_rng(accelerator.device):
-                metrics = evaluate(accelerator, model, state.test_loader, args.binarize)
+                metrics = evaluate(accelerator, model, loss_fn, state.test_loader, step, args.binarize)
                 if accelerator.is_main_process:
                     write_grids(accelerator, model, grid_batch, output_dir / "samples", f"_step{step:07d}")
             record = {"step": step, "train/loss": loss, "elapsed_s": round(time.time() - start, 1), **metrics}
@@ -209,17 +223,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             break
     progress.close()
 
-    metrics = evaluate(accelerator, model, state.test_loader, args.binarize)
+    metrics = evaluate(accelerator, model, loss_fn, state.test_loader, step, args.binarize)
     unwrapped = accelerator.unwrap_model(model)
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(time.time() - start, 1)}
-    # Every process contributes one row, so this both proves who took part and checks they agree.
-    if isinstance(unwrapped, VQVAE):
-        codebooks = accelerator.gather(unwrapped.quantizer.codebook.detach()[None])
-        summary["processes_seen"] = codebooks.shape[0]
-        summary["codebook_max_abs_diff_across_processes"] = (codebooks - codebooks[:1]).abs().max().item()
-    else:
-        summary["processes_seen"] = accelerator.gather(torch.ones(1, device=accelerator.device)).shape[0]
+    # Every process contributes one row, so this both proves who took part and checks that their
+    # weights, buffers included (a VQ codebook and its EMA statistics), agree.
+    flat = torch.cat([t.detach().float().flatten() for t in unwrapped.state_dict().values()])
+    rows = accelerator.gather(flat[None])
+    summary["processes_seen"] = rows.shape[0]
+    summary["weights_max_abs_diff_across_processes"] = (rows - rows[:1]).abs().max().item()
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         per_step = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes

@@ -6,7 +6,7 @@ counts those imply): the label as one-hot channels into the encoder, its embeddi
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,10 +15,12 @@ from einops import repeat
 from torch import nn
 
 from .configs import CVAEConfig, VAEConfig
+from .likelihood import pixel_log_likelihood
 from .networks import Decoder, Encoder
 from .outputs import AutoencoderOutput
 from .posterior import GaussianPosterior
 from vqgen.pretrained import PretrainedModel
+from vqgen.sampling_settings import SamplingSettings, gaussian_latent_settings
 from vqgen.validation import check_images, check_labels
 
 
@@ -27,6 +29,7 @@ class VAE(PretrainedModel):
 
     model_type = "vae"
     config_class = VAEConfig
+    default_loss = "elbo"
 
     def __init__(self, config: VAEConfig | None = None, **kwargs: Any) -> None:
         config = config or self.config_class(**kwargs)
@@ -90,27 +93,14 @@ class VAE(PretrainedModel):
 
     def log_likelihood(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over pixels, in nats: `b`."""
-        if self.config.likelihood == "bernoulli":
-            ll = -F.binary_cross_entropy_with_logits(logits, images, reduction="none")
-        else:
-            s = self.config.gaussian_std
-            ll = -0.5 * ((images - logits) / s).pow(2) - math.log(s * math.sqrt(2 * math.pi))
-        return ll.flatten(1).sum(1)
+        return pixel_log_likelihood(logits, images, self.config.likelihood, self.config.gaussian_std)
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> AutoencoderOutput:
         posterior = self.encode(images, labels)
         logits = self.decode_logits(posterior.sample(generator), labels)
-        reconstruction_loss = -self.log_likelihood(logits, images).mean()
-        kl = posterior.kl().mean()
-        return AutoencoderOutput(
-            loss=reconstruction_loss + self.config.kl_weight * kl,
-            reconstruction=self.to_images(logits),
-            reconstruction_loss=reconstruction_loss,
-            kl=kl,
-            negative_elbo=reconstruction_loss + kl,
-        )
+        return AutoencoderOutput(reconstruction=self.to_images(logits), decoded=logits, posterior=posterior)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,6 +118,57 @@ class VAE(PretrainedModel):
         z = torch.randn((num_samples, *self.latent_shape), generator=generator, device=device)
         return self.decode(z, labels)
 
+
+    # -- the interface the pipelines use for every stage-1 model (pipelines/protocols.py) ------------
+    is_discrete = False
+    has_elbo = True  # encode gives q(z|x); decode_logits, log_likelihood and negative_elbo apply
+    can_sample = True  # z ~ N(0, I), decoded: sampling_settings and sample_batch
+    requires_labels = False
+
+    @property
+    def autoencoder(self) -> VAE:
+        """The model that encodes and decodes images: this one (a pipeline answers with its tokenizer)."""
+        return self
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes this model is conditioned on: None, a VAE takes no labels."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode_latent(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images `b c H W` in [0, 1] -> the posterior means `b *latent_shape`."""
+        return self.encode(images, labels).mean
+
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents `b *latent_shape` -> images `b c H W` in [0, 1]."""
+        return self.decode(z, labels)
+
+    def negative_elbo(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) in closed form plus -log p(x|z) at the posterior mean, in nats: `b`.
+
+        Deterministic (no sampled z), so it can rank images, e.g. as an anomaly score.
+        """
+        posterior = self.encode(images, labels)
+        return posterior.kl() - self.log_likelihood(self.decode_logits(posterior.mean, labels), images)
+
+    def sampling_settings(self, *, temperature: float | None = None, top_k: int | None = None,
+                          top_p: float | None = None, guidance_scale: float | None = None,
+                          conditional: bool = False) -> SamplingSettings:
+        """Only `temperature` (the standard deviation of z) applies; a prior's knobs are refused."""
+        return gaussian_latent_settings(type(self).__name__, temperature=temperature, top_k=top_k, top_p=top_p,
+                                        guidance_scale=guidance_scale)
+
+    @torch.no_grad()
+    def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
+                     settings: SamplingSettings) -> torch.Tensor:
+        """One image per generator, `b c H W` in [0, 1]: z ~ N(0, temperature^2 I) drawn with its own generator."""
+        z = GaussianPosterior.standard_normal(self.latent_shape, self.device).sample_seeded(generators,
+                                                                                            settings.temperature)
+        return self.decode(z, None if labels is None else labels.to(self.device))
 
 class CVAE(VAE):
     """Conditional VAE: `labels` (`b` long, in [0, num_classes)) are required everywhere."""
@@ -159,3 +200,11 @@ class CVAE(VAE):
         if z.ndim == 4:  # grid latent: the embedding becomes constant channels
             embedding = repeat(embedding, "b e -> b e h w", h=z.shape[2], w=z.shape[3])
         return torch.cat([z, embedding], dim=1)
+
+    # -- the interface the pipelines use (pipelines/protocols.py) --------------------------------------
+    requires_labels = True  # every encode and decode takes one label per image
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes this model is conditioned on (their indices as names when none were recorded)."""
+        return self.config.class_names or [str(i) for i in range(self.config.num_classes)]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .configs import VQVAEConfig
 from .networks import Decoder, Encoder
 from .outputs import AutoencoderOutput
 from vqgen.pretrained import PretrainedModel
-from .quantizer import VectorQuantizer
+from .quantizers import build_quantizer
 from vqgen.validation import check_images
 
 
@@ -25,26 +24,20 @@ class VQVAE(PretrainedModel):
 
     model_type = "vqvae"
     config_class = VQVAEConfig
+    default_loss = "vq"
 
     def __init__(self, config: VQVAEConfig | None = None, **kwargs: Any) -> None:
-        config = config or VQVAEConfig(**kwargs)
+        # VQVAE(codebook_size=...) keeps working: flat VQ settings go into the quantiser sub-config.
+        config = config or VQVAEConfig(**VQVAEConfig.upgrade(kwargs, format_version=1))
         super().__init__(config)
         common = dict(channels=config.channels, num_res_blocks=config.num_res_blocks)
         self.encoder = Encoder(config.image_channels, config.code_dim, num_downsamples=config.num_downsamples, **common)
-        self.quantizer = VectorQuantizer(
-            config.codebook_size,
-            config.code_dim,
-            beta=config.beta,
-            ema_decay=config.ema_decay,
-            dead_code_threshold=config.dead_code_threshold,
-            init=config.codebook_init,
-            l2_normalize=config.l2_normalize,
-        )
+        self.quantizer = build_quantizer(config.quantizer, config.code_dim)
         self.decoder = Decoder(config.code_dim, config.image_channels, num_upsamples=config.num_downsamples, **common)
 
     @property
     def codebook_size(self) -> int:
-        return self.config.codebook_size
+        return self.quantizer.codebook_size
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -57,22 +50,10 @@ class VQVAE(PretrainedModel):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> AutoencoderOutput:
         """`labels` is accepted and ignored, so one training loop serves every stage-1 model."""
-        z = self.encode(images)
-        q = self.quantizer(z)
+        q = self.quantizer(self.encode(images))
         decoded = self.decoder(q.quantized)
-        reconstruction_loss = F.mse_loss(decoded, images)
-        loss = reconstruction_loss + q.commitment_loss
-        if self.quantizer.ema_decay is None:
-            loss = loss + q.codebook_loss
-        return AutoencoderOutput(
-            loss=loss,
-            reconstruction=decoded.clamp(0, 1),
-            reconstruction_loss=reconstruction_loss,
-            codebook_loss=q.codebook_loss,
-            commitment_loss=q.commitment_loss,
-            codes=q.codes,
-            code_counts=q.counts,
-        )
+        return AutoencoderOutput(reconstruction=decoded.clamp(0, 1), decoded=decoded, quantizer_losses=q.losses,
+                                 codes=q.codes, code_counts=q.counts)
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
@@ -88,9 +69,43 @@ class VQVAE(PretrainedModel):
                 f"codes must have shape [b, {self.grid_shape[0]}, {self.grid_shape[1]}] for this tokenizer, "
                 f"got {tuple(codes.shape)}"
             )
-        return self.decoder(self.quantizer.lookup(codes.to(self.quantizer.codebook.device))).clamp(0, 1)
+        return self.decoder(self.quantizer.lookup(codes)).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """detokenize(tokenize(images)); `labels` is ignored (same signature as the VAE family)."""
         return self.detokenize(self.tokenize(images))
+
+    # -- the interface the pipelines use for every stage-1 model (pipelines/protocols.py) ------------
+    is_discrete = True  # images <-> code grids: tokenize, detokenize, codebook_size, grid_shape
+    has_elbo = False  # no likelihood: the decoder is trained with a squared error
+    can_sample = False  # sampling needs a prior over the codes: a TwoStagePipeline
+    requires_labels = False
+
+    @property
+    def autoencoder(self) -> VQVAE:
+        """The model that encodes and decodes images: this one (a pipeline answers with its tokenizer)."""
+        return self
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """None: a tokenizer is not conditioned on classes (`config.class_names` only records the dataset's)."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """One pre-quantisation latent: `(code_dim, h, w)`."""
+        return (self.config.code_dim, *self.grid_shape)
+
+    def encode_latent(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images `b c H W` in [0, 1] -> pre-quantisation latents `b d h w`; `labels` is ignored."""
+        return self.encode(images).float()
+
+    @torch.no_grad()
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents `b d h w` -> images `b c H W`: each latent vector snaps to its nearest code first."""
+        return self.detokenize(self.quantizer.nearest(z))

@@ -17,7 +17,7 @@ from PIL import Image
 import stage2_prior
 from stage1_tokenizer import VQVAE
 from vqgen.data import load_image_dataset
-from stage1_tokenizer.quantizer import VectorQuantizer
+from stage1_tokenizer.quantizers import VectorQuantizer
 from stage2_prior.sampling import check_sampling_args, filter_logits
 
 # database=None: no .hypothesis/ folder left in the checkout

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from stage1_tokenizer.quantizer import VectorQuantizer, codebook_usage, kmeans, squared_distances
+from stage1_tokenizer.quantizers import VectorQuantizer, codebook_usage
+from stage1_tokenizer.quantizers.vector import kmeans, squared_distances
 
 
 def make_quantizer(**kwargs) -> VectorQuantizer:
@@ -45,15 +46,15 @@ def test_codebook_term_moves_only_codebook_and_commitment_only_encoder():
     q = make_quantizer(ema_decay=None, beta=0.25).eval()
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
     out = q(z)
-    out.codebook_loss.backward(retain_graph=True)
+    out.losses['codebook_loss'].backward(retain_graph=True)
     assert q.codebook.grad is not None and q.codebook.grad.abs().sum() > 0
     assert z.grad is None or z.grad.abs().sum() == 0
     q.codebook.grad = None
-    out.commitment_loss.backward()
+    out.losses['commitment_loss'].backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
     assert q.codebook.grad is None or q.codebook.grad.abs().sum() == 0
     # beta sits on the commitment term, not on the codebook term
-    torch.testing.assert_close(out.commitment_loss, 0.25 * out.codebook_loss)
+    torch.testing.assert_close(out.losses['commitment_loss'], 0.25 * out.losses['codebook_loss'])
 
 
 def test_ema_codebook_has_no_gradient_and_follows_the_ema_formula():
@@ -138,7 +139,7 @@ def test_quantizer_runs_in_float32_under_autocast():
     q = make_quantizer().eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = q(torch.randn(2, 4, 3, 3).bfloat16())
-    assert out.quantized.dtype == torch.float32 and out.commitment_loss.dtype == torch.float32
+    assert out.quantized.dtype == torch.float32 and out.losses['commitment_loss'].dtype == torch.float32
 
 
 def test_lookup_rejects_codes_outside_the_codebook():

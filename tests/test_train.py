@@ -197,7 +197,7 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
         out = forward(self, images, labels)
         calls["n"] += 1
         if calls["n"] == 3:  # the third training step
-            out.loss = out.loss * float("nan")
+            out.decoded = out.decoded * float("nan")
         return out
 
     monkeypatch.setattr(VQVAE, "forward", poisoned)
@@ -231,7 +231,7 @@ def test_two_cpu_processes_under_accelerate_launch_share_one_codebook(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert summary["processes_seen"] == 2, "accelerate launch did not start two cooperating processes"
-    assert summary["codebook_max_abs_diff_across_processes"] == 0.0
+    assert summary["weights_max_abs_diff_across_processes"] == 0.0
     model = VQVAE.from_pretrained(tmp_path)
     assert model.quantizer.initialized
     # each process wrote its own RNG state into the checkpoint

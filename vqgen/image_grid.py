@@ -43,3 +43,13 @@ def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Ten
         torch.stack([originals[:n].cpu(), reconstructions[:n].cpu()]), "two (r n) c h w -> (r two n) c h w", n=nrow
     )
     return save_image_grid(pairs, path, nrow=nrow)
+
+
+def class_grid_labels(num_classes: int, per_class: int = 8) -> torch.Tensor | None:
+    """Labels of a sample grid with one row per class: `num_classes * per_class` long, `0 0 .. 1 1 ..`.
+
+    Pass `nrow=per_class` to `save_image_grid`. None when the model has no classes (`num_classes` 0).
+    """
+    if num_classes <= 0:
+        return None
+    return torch.arange(num_classes).repeat_interleave(per_class)

@@ -24,7 +24,7 @@ from .atomic_io import atomic_path, atomic_write_text
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a VQ-VAE's quantiser settings moved into a `quantizer` sub-config
 
 ConfigT = TypeVar("ConfigT")
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
@@ -139,12 +139,6 @@ def read_versioned_json(path: Path, max_version: int) -> dict[str, Any]:
     return data
 
 
-def read_config_json(folder: Path) -> dict[str, Any]:
-    data = read_versioned_json(folder / CONFIG_NAME, FORMAT_VERSION)
-    data.pop("format_version")
-    return data
-
-
 def model_card(*, title: str, tags: list[str], description: str, usage: str, metrics: dict[str, Any],
                metrics_heading: str = "Final metrics (test split)", sections: dict[str, str] | None = None,
                datasets: list[str] | None = None) -> str:
@@ -248,7 +242,8 @@ class PretrainedModel(nn.Module):
         Called on `PretrainedModel` itself, the class is chosen from `config.json`'s `model_type`.
         """
         folder = resolve_model_folder(name_or_path, subfolder=subfolder, revision=revision, token=token)
-        data = read_config_json(folder)
+        data = read_versioned_json(folder / CONFIG_NAME, FORMAT_VERSION)
+        version = data.pop("format_version")
         model_type = data.pop("model_type", None)
         model_class = cls._registry.get(model_type) if isinstance(model_type, str) else None
         if model_class is None:
@@ -261,6 +256,9 @@ class PretrainedModel(nn.Module):
                 f"{folder} holds a {model_class.__name__} (model_type {model_type!r}), not a {cls.__name__}: "
                 f"load it with {model_class.__name__}.from_pretrained(...)."
             )
+        upgrade = getattr(model_class.config_class, "upgrade", None)
+        if upgrade is not None:
+            data = upgrade(data, version)
         config = config_from_dict(model_class.config_class, data, source=str(folder / CONFIG_NAME))
         model = model_class(config)
         try:

@@ -15,7 +15,8 @@ import pickle
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 from pathlib import Path
 
 import datasets
@@ -24,42 +25,42 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
+from .cli import add_dataclass_arguments, option
 from .checkpointing import find_checkpoint, prune_checkpoints, save_checkpoint
 
 
-def add_training_args(p: argparse.ArgumentParser, *, output_dir: str, batch_size: int, learning_rate: float,
-                      weight_decay: float) -> None:
-    """The options every training script has; the defaults that differ are passed in."""
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default=output_dir, help="where the final model, checkpoints and grids go")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and sampling")
-    g.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training examples")
-    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on only the first N test examples")
+@dataclass
+class TrainingArguments:
+    """The options every training script has; a script passes the defaults that differ for it."""
 
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max_steps", type=int, default=2000, help="optimizer steps to train for")
-    g.add_argument("--max_train_minutes", type=float, default=None,
-                   help="also stop (evaluate, save) once training has run this long")
-    g.add_argument("--batch_size", type=int, default=batch_size, help="examples per process per micro-batch")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--learning_rate", type=float, default=learning_rate, help="peak AdamW learning rate")
-    g.add_argument("--weight_decay", type=float, default=weight_decay, help="AdamW weight decay")
-    g.add_argument("--lr_scheduler", default="cosine", help="any transformers.get_scheduler name")
-    g.add_argument("--warmup_steps", type=int, default=100, help="linear learning-rate warm-up steps")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; 0 disables")
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="overrides the accelerate config / launch flag")
+    output_dir: str = option("runs/train", "where the final model, checkpoints and grids go")
+    seed: int = option(0, "seed for weights, data order and sampling")
+    max_train_samples: int | None = option(None, "use only the first N training examples")
+    max_eval_samples: int | None = option(None, "evaluate on only the first N test examples")
+    max_steps: int = option(2000, "optimizer steps to train for")
+    max_train_minutes: float | None = option(None, "also stop (evaluate, save) once training has run this long")
+    batch_size: int = option(128, "examples per process per micro-batch")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    learning_rate: float = option(1e-3, "peak AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    lr_scheduler: str = option("cosine", "any transformers.get_scheduler name")
+    warmup_steps: int = option(100, "linear learning-rate warm-up steps")
+    max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
+    eval_steps: int = option(500, "evaluate on the test split every N steps")
+    eval_batch_size: int = option(256, "examples per process per evaluation batch")
+    checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps; 0 disables")
+    checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints")
+    resume_from_checkpoint: str | None = option(None, "a checkpoint folder, or 'latest' under --output_dir/checkpoints")
+    push_to_hub: bool = option(False, "push the final model to --hub_model_id")
+    hub_model_id: str | None = option(None, "Hub repo id such as user/vqvae-mnist")
+    hub_token: str | None = option(None, "Hub token (default: the logged-in one)")
 
-    g = p.add_argument_group("evaluation, checkpoints, Hub")
-    g.add_argument("--eval_steps", type=int, default=500, help="evaluate on the test split every N steps")
-    g.add_argument("--eval_batch_size", type=int, default=256, help="examples per process per evaluation batch")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="save a resumable checkpoint every N steps; 0 disables")
-    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep only the newest N checkpoints")
-    g.add_argument("--resume_from_checkpoint", default=None,
-                   help="a checkpoint folder, or 'latest' for the newest complete one in --output_dir/checkpoints")
-    g.add_argument("--push_to_hub", action="store_true", help="push the final model to --hub_model_id")
-    g.add_argument("--hub_model_id", default=None, help="Hub repo id such as user/vqvae-mnist")
-    g.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
+
+def add_training_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
+    """The options of `TrainingArguments`, with this script's `defaults`."""
+    add_dataclass_arguments(p.add_argument_group("run, optimisation, evaluation, checkpoints, Hub"), TrainingArguments,
+                            defaults=defaults)
 
 
 def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -90,6 +91,9 @@ class TrainingState:
     train_loader: DataLoader
     test_loader: DataLoader
     step: int
+    # Modules trained beside the model by optimizers of their own (a discriminator), prepared and
+    # checkpointed with it: (module, optimizer) pairs.
+    auxiliary: list[tuple[torch.nn.Module, torch.optim.Optimizer]] = field(default_factory=list)
 
     def batches(self, gradient_accumulation_steps: int) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches from `step` on, forever, epoch after epoch, in the order an uninterrupted run sees.
@@ -107,8 +111,13 @@ class TrainingState:
 
 
 def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set: datasets.Dataset,
-                     test_set: datasets.Dataset, args: argparse.Namespace) -> TrainingState:
-    """AdamW, a transformers schedule, seeded loaders, `accelerator.prepare`, and resumption."""
+                     test_set: datasets.Dataset, args: argparse.Namespace,
+                     auxiliary: list[tuple[torch.nn.Module, float | None]] = ()) -> TrainingState:
+    """AdamW, a transformers schedule, seeded loaders, `accelerator.prepare`, and resumption.
+
+    `auxiliary` lists modules that get an AdamW of their own, at their learning rate (None: the
+    run's); they are prepared, so `save_state`/`load_state` checkpoint them and their optimizers too.
+    """
     from transformers import get_scheduler
 
     per_step = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
@@ -128,6 +137,13 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, test_loader, scheduler
     )
+    prepared_auxiliary = []
+    for module, lr in auxiliary:
+        aux_optimizer = torch.optim.AdamW(module.parameters(), lr=lr or args.learning_rate, weight_decay=0.0)
+        # Prepared so that save_state/load_state checkpoint both (the module as safetensors). The
+        # module itself is called unwrapped, so its gradients are averaged by hand in auxiliary_step.
+        _, aux_optimizer = accelerator.prepare(module, aux_optimizer)
+        prepared_auxiliary.append((module, aux_optimizer))
     step = 0
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
@@ -142,7 +158,7 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step)
+    return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary)
 
 
 def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor, max_grad_norm: float) -> None:
@@ -153,6 +169,27 @@ def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.T
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad()
+    # The model's backward also reached auxiliary parameters (a discriminator judging the output);
+    # those gradients belong to the model's objective, not to theirs.
+    for _, aux_optimizer in state.auxiliary:
+        aux_optimizer.zero_grad()
+
+
+def auxiliary_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor | None, max_grad_norm: float) -> None:
+    """Backward and step the auxiliary optimizers on their own loss (after `optimizer_step`)."""
+    if loss is None or not state.auxiliary:
+        return
+    accelerator.backward(loss)
+    for module, aux_optimizer in state.auxiliary:
+        if accelerator.num_processes > 1:
+            for parameter in module.parameters():
+                if parameter.grad is not None:
+                    parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
+        if accelerator.sync_gradients and max_grad_norm > 0:
+            accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
+        aux_optimizer.step()
+        aux_optimizer.zero_grad()
+    state.optimizer.zero_grad()  # the auxiliary loss may reach the model too; its step is over
 
 
 def mean_finite_loss(accelerator: Accelerator, loss: torch.Tensor, step: int) -> float:

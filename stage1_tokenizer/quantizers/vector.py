@@ -1,27 +1,38 @@
-"""Nearest-neighbour vector quantisation with the remedies against codebook collapse."""
+"""`vq`: nearest-neighbour vector quantisation with the remedies against codebook collapse."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vqgen.cli import option
 from vqgen.distributed import all_reduce_sum_, broadcast_
+
+from .base import Quantizer, QuantizerOutput, check_codes
 
 CodebookInit = Literal["kmeans", "data", "random"]
 
 
 @dataclass
-class QuantizerOutput:
-    quantized: torch.Tensor  # b d h w, straight-through: forward = codebook vectors, backward = identity to z
-    codes: torch.Tensor  # b h w, long
-    codebook_loss: torch.Tensor  # ||sg[z] - e||^2, moves the codebook (no gradient under EMA)
-    commitment_loss: torch.Tensor  # beta * ||z - sg[e]||^2, moves the encoder
-    counts: torch.Tensor  # K, float: how often each code was chosen in this batch, summed over processes
+class VectorQuantizerConfig:
+    """`--quantizer vq`: nearest-neighbour codebook (van den Oord et al. 2017) with the collapse remedies."""
+
+    type: Literal["vq"] = "vq"
+    codebook_size: int = option(512, "number of codes K")
+    beta: float = option(0.25, "commitment weight")
+    ema_decay: float | None = option(0.99, "EMA codebook decay; 0 = learn the codebook by gradient")
+    dead_code_threshold: float = option(1.0, "restart codes whose EMA count per step falls below this; 0 disables")
+    codebook_init: Literal["kmeans", "data", "random"] = option("kmeans", "codebook initialisation")
+    l2_normalize: bool = option(False, "l2-normalised (cosine) codes")
+
+    def __post_init__(self) -> None:
+        if self.ema_decay == 0:  # the command line's spelling of "learn the codebook by gradient"
+            self.ema_decay = None
 
 
 def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -29,18 +40,6 @@ def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.addmm(
         codebook.pow(2).sum(1)[None, :] + x.pow(2).sum(1, keepdim=True), x, codebook.t(), alpha=-2.0
     )
-
-
-def codebook_usage(counts: torch.Tensor) -> tuple[float, float]:
-    """Share of codes used at least once, and perplexity exp(H(p)) of the code distribution.
-
-    Pass counts accumulated over a whole evaluation set: the perplexity of a single batch depends
-    on the batch size.
-    """
-    counts = counts.double()
-    p = counts / counts.sum().clamp_min(1.0)
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return (counts > 0).double().mean().item(), entropy.exp().item()
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +66,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator 
     return centroids, sizes
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Quantizer):
     """Maps each `dim`-vector of `z: b d h w` to its nearest of `codebook_size` codes.
 
     Args:
@@ -88,6 +87,15 @@ class VectorQuantizer(nn.Module):
     runs in float32, whatever the autocast context.
     """
 
+    type: ClassVar[str] = "vq"
+    config_class: ClassVar[type] = VectorQuantizerConfig
+
+    @classmethod
+    def from_config(cls, config: VectorQuantizerConfig, dim: int) -> VectorQuantizer:
+        return cls(config.codebook_size, dim, beta=config.beta, ema_decay=config.ema_decay,
+                   dead_code_threshold=config.dead_code_threshold, init=config.codebook_init,
+                   l2_normalize=config.l2_normalize)
+
     def __init__(
         self,
         codebook_size: int = 512,
@@ -106,7 +114,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"init must be 'kmeans', 'data' or 'random', got {init!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
-        self.codebook_size, self.dim, self.beta = codebook_size, dim, beta
+        self._codebook_size, self.dim, self.beta = codebook_size, dim, beta
         self.ema_decay, self.dead_code_threshold, self.init = ema_decay, dead_code_threshold, init
         self.l2_normalize, self.kmeans_iters, self.epsilon = l2_normalize, kmeans_iters, epsilon
 
@@ -118,6 +126,10 @@ class VectorQuantizer(nn.Module):
         if ema_decay is not None:
             self.register_buffer("embed_sum", torch.zeros(codebook_size, dim))
 
+    @property
+    def codebook_size(self) -> int:
+        return self._codebook_size
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.l2_normalize else x
 
@@ -128,14 +140,8 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """`b h w` long -> `b d h w` codebook vectors."""
-        if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(
-                f"codes must lie in [0, {self.codebook_size - 1}] for this codebook, got values in "
-                f"[{codes.min().item()}, {codes.max().item()}]: were they made by a tokenizer with another codebook size?"
-            )
-        return rearrange(F.embedding(codes.long(), self.codes), "b h w d -> b d h w")
+        codes = check_codes(codes, self.codebook_size).to(self.codebook.device)
+        return rearrange(F.embedding(codes, self.codes), "b h w d -> b d h w")
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
@@ -165,12 +171,15 @@ class VectorQuantizer(nn.Module):
             self._update(flat.detach(), codes, counts)
 
         straight_through = flat + (quantized - flat).detach()
+        # Under EMA the codebook moves by averaging, so its term would only add a constant to the loss.
+        losses = {"commitment_loss": commitment_loss}
+        if self.ema_decay is None:
+            losses["codebook_loss"] = codebook_loss
         return QuantizerOutput(
             quantized=rearrange(straight_through, "(b h w) d -> b d h w", b=b, h=h, w=w),
             codes=rearrange(codes, "(b h w) -> b h w", b=b, h=h, w=w),
-            codebook_loss=codebook_loss,
-            commitment_loss=commitment_loss,
             counts=counts,
+            losses=losses,
         )
 
     @torch.no_grad()

@@ -1,0 +1,113 @@
+"""Command lines built from config dataclasses, so each default and each help text is written once.
+
+A field becomes `--name` (or `--<metadata["flag"]>`); its comment-free help comes from
+`metadata["help"]`. bool fields are switches (`--x` / `--no_x`), `Literal` fields get choices,
+`list[int]` fields take several values, `X | None` accepts `none`. `--config FILE` (YAML or JSON)
+gives values for any flag; flags on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
+           flag: str | None = None, choices: Any = None) -> Any:
+    """A dataclass field with its command-line help (and flag name, when it differs from the field's;
+    `choices`, a callable, when they come from a registry filled at import time)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {})}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", f.name)
+
+
+def _none_or(parse):
+    def convert(text: str):
+        return None if text.lower() == "none" else parse(text)
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                            *, defaults: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> None:
+    """One option per field of `cls` (minus `exclude`); `defaults` overrides a field's default for this script."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or not f.init:
+            continue
+        kind = hints[f.name]
+        default = (defaults or {}).get(f.name, _default(f))
+        name = "--" + flag_name(f)
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata["choices"]() if "choices" in f.metadata else None
+        args = typing.get_args(kind)
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args
+        if optional:
+            kind = next(a for a in args if a is not type(None))
+        if kind is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif typing.get_origin(kind) is Literal:
+            parser.add_argument(name, choices=list(typing.get_args(kind)), default=default, help=help_text)
+        elif typing.get_origin(kind) is list:
+            (item,) = typing.get_args(kind)
+            parser.add_argument(name, nargs="*", type=item, default=default, help=help_text, choices=choices)
+        elif kind in (int, float, str):
+            parser.add_argument(name, type=_none_or(kind) if optional else kind, default=default, help=help_text,
+                                choices=choices)
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for {kind}")
+
+
+def dataclass_from_arguments(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """An instance of `cls` from the parsed options its fields made (plus `overrides`)."""
+    values = {f.name: getattr(args, flag_name(f).replace("-", "_")) for f in dataclasses.fields(cls)
+              if f.init and hasattr(args, flag_name(f).replace("-", "_"))}
+    return cls(**{**values, **overrides})
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A run's options from a YAML or JSON file: `{flag_name: value}`."""
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    return data
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser.parse_args`, with `--config FILE` supplying values that flags on the command line override."""
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML or JSON file of option values (flags on the command line take precedence)")
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        data = read_config_file(first.config)
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            parser.error(f"--config {first.config} has unknown option(s) {unknown}; see --help for the names")
+        parser.set_defaults(**data)
+    return parser.parse_args(argv)
