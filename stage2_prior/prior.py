@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from .architectures import PriorSettings, architecture_config
 from .vocabulary import PriorVocabulary
 
 PRIOR_FORMAT_VERSION = 1
@@ -93,7 +94,7 @@ def build_prior(
     tokenizer: TokenizerSpec,
     class_names: list[str] | None = None,
     *,
-    architecture: Literal["gpt2", "llama"] = "gpt2",
+    architecture: str = "gpt2",
     num_layers: int = 8,
     hidden_size: int = 256,
     num_heads: int = 8,
@@ -101,23 +102,15 @@ def build_prior(
 ) -> PreTrainedModel:
     """A randomly initialised causal LM whose vocabulary is the codes plus the special tokens.
 
-    Sequence length is 1 (prefix) + h * w; no pretrained text weights are involved.
+    `architecture` is a name in `stage2_prior.architectures.ARCHITECTURES`. Sequence length is
+    1 (prefix) + h * w; no pretrained text weights are involved.
     """
     vocabulary = PriorVocabulary(tokenizer.codebook_size, len(class_names or []))
     spec = PriorSpec(tokenizer=tokenizer, vocabulary=vocabulary, class_names=class_names)
-    common = dict(vocab_size=vocabulary.size, bos_token_id=vocabulary.start_token, eos_token_id=None,
-                  pad_token_id=None, vqgen=spec.to_dict())
-    length = 1 + tokenizer.num_codes
-    if architecture == "gpt2":
-        config = GPT2Config(n_positions=length, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
-                            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **common)
-    elif architecture == "llama":
-        config = LlamaConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
-                             num_attention_heads=num_heads, num_key_value_heads=num_heads,
-                             max_position_embeddings=length, attention_dropout=dropout, **common)
-    else:
-        raise ValueError(f"architecture must be 'gpt2' or 'llama', got {architecture!r}")
-    return AutoModelForCausalLM.from_config(config)
+    settings = PriorSettings(vocab_size=vocabulary.size, sequence_length=1 + tokenizer.num_codes, num_layers=num_layers,
+                             hidden_size=hidden_size, num_heads=num_heads, dropout=dropout,
+                             bos_token_id=vocabulary.start_token, vqgen=spec.to_dict())
+    return AutoModelForCausalLM.from_config(architecture_config(architecture, settings))
 
 
 def prior_spec(prior: PreTrainedModel) -> PriorSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from .prior import prior_spec
 
@@ -100,26 +100,27 @@ def sample_codes(
         labels = torch.as_tensor(class_labels, dtype=torch.long)
         if labels.shape != (num_samples,):
             raise ValueError(f"class_labels must have shape [{num_samples}], got {tuple(labels.shape)}")
-    tokens = vocab.prefix(labels, num_samples, device)
+    prompt = torch.empty(num_samples, 0, dtype=torch.long, device=device)
     if prompt_codes is not None:
-        prompt_codes = torch.as_tensor(prompt_codes, device=device)
-        if prompt_codes.ndim != 2 or prompt_codes.shape[0] != num_samples or prompt_codes.shape[1] >= h * w:
-            raise ValueError(f"prompt_codes must have shape [{num_samples}, t] with t < {h * w}, got {tuple(prompt_codes.shape)}")
-        if prompt_codes.is_floating_point() or (prompt_codes.numel() and (prompt_codes.min() < 0 or prompt_codes.max() >= k)):
+        prompt = torch.as_tensor(prompt_codes, device=device)
+        if prompt.ndim != 2 or prompt.shape[0] != num_samples or prompt.shape[1] >= h * w:
+            raise ValueError(f"prompt_codes must have shape [{num_samples}, t] with t < {h * w}, got {tuple(prompt.shape)}")
+        if prompt.is_floating_point() or (prompt.numel() and (prompt.min() < 0 or prompt.max() >= k)):
             raise ValueError(f"prompt_codes must be integer codes in [0, {k - 1}]")
-        tokens = torch.cat([tokens, prompt_codes.long()], dim=1)
+    tokens = vocab.sequences(prompt, labels)
     guided = guidance_scale != 1.0
-    if guided:
-        tokens = torch.cat([tokens, torch.cat([vocab.prefix(None, num_samples, device), tokens[:, 1:]], dim=1)])
+    if guided:  # the unconditional twins run as the second half of the batch
+        tokens = torch.cat([tokens, vocab.sequences(prompt, None)])
 
-    past = None
-    for _ in range(h * w - (tokens.shape[1] - 1)):
-        if use_cache:
-            out = prior(input_ids=tokens if past is None else tokens[:, -1:], past_key_values=past, use_cache=True)
-            past = out.past_key_values
+    # One cache object, filled in place by every forward call (transformers' Cache API).
+    cache = DynamicCache(config=prior.config) if use_cache else None
+    for _ in range(h * w - prompt.shape[1]):
+        if cache is not None:
+            new_tokens = tokens[:, cache.get_seq_length():]  # the whole prefix first, then one token per step
+            logits = prior(input_ids=new_tokens, cache=cache, use_cache=True).logits
         else:
-            out = prior(input_ids=tokens, use_cache=False)
-        logits = out.logits[:, -1, :k].float()  # special tokens are never sampled
+            logits = prior(input_ids=tokens, use_cache=False).logits
+        logits = logits[:, -1, :k].float()  # special tokens are never sampled
         if guided:
             cond, uncond = logits.chunk(2)
             logits = uncond + guidance_scale * (cond - uncond)

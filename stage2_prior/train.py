@@ -9,10 +9,12 @@ written with `save_pretrained` into `--output_dir`; checkpoints go to `--output_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,42 @@ from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
 from vqgen.checkpointing import isolated_rng
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, option, parse_arguments
 from vqgen.data import DEFAULT_DATASET, class_names
-from vqgen.image_grid import save_image_grid
+from vqgen.image_grid import class_grid_labels, save_image_grid
 from vqgen.training import (add_training_args, check_training_args, finish_step, make_accelerator,
                                        mean_finite_loss, optimizer_step, prepare_training, stop_on_signals)
 
+from .architectures import ARCHITECTURES
 from .codes import DEFAULT_CACHE_DIR, encode_dataset
 from .prior import TokenizerSpec, build_prior, prior_spec
 from .saving import push_prior, save_prior
 from .sampling import sample_codes
 from .scoring import sequence_nll
+from .vocabulary import PriorVocabulary
+
+
+@dataclass
+class PriorDataArguments:
+    tokenizer: str | None = option(None, "folder or Hub id of a trained VQ-VAE (stage1_tokenizer.train); required")
+    dataset: str = option(DEFAULT_DATASET, "any dataset spec stage 1 accepts (see its --help)")
+    cache_dir: str = option(str(DEFAULT_CACHE_DIR), "where encoded code datasets are cached")
+    unconditional: bool = option(False, "ignore the labels even if the dataset has them")
+    label_dropout: float = option(0.1, "probability of replacing the class by the null class (enables "
+                                       "classifier-free guidance)")
+    sample_steps: int = option(1000, "decode a sample grid every N steps; 0 disables")
+
+
+@dataclass
+class PriorModelArguments:
+    """The prior's shape; `build_prior` takes these as keywords."""
+
+    architecture: str = option("gpt2", "transformers model family (stage2_prior.architectures)",
+                               choices=lambda: sorted(ARCHITECTURES))
+    num_layers: int = option(6, "transformer blocks")
+    hidden_size: int = option(256, "model width")
+    num_heads: int = option(8, "attention heads")
+    dropout: float = option(0.1, "dropout in attention, residual and embeddings")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,46 +70,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_training_args(p, output_dir="runs/prior", batch_size=64, learning_rate=5e-4, weight_decay=0.01)
-    g = p.add_argument_group("data")
-    g.add_argument("--tokenizer", required=True, help="folder or Hub id of a trained VQ-VAE (stage1_tokenizer.train)")
-    g.add_argument("--dataset", default=DEFAULT_DATASET, help="any dataset spec stage 1 accepts (see its --help)")
-    g.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="where encoded code datasets are cached")
-    g.add_argument("--unconditional", action="store_true", help="ignore the labels even if the dataset has them")
-    g.add_argument("--label_dropout", type=float, default=0.1,
-                   help="probability of replacing the class by the null class (enables classifier-free guidance)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--architecture", choices=["gpt2", "llama"], default="gpt2", help="transformers model family")
-    g.add_argument("--num_layers", type=int, default=6, help="transformer blocks")
-    g.add_argument("--hidden_size", type=int, default=256, help="model width")
-    g.add_argument("--num_heads", type=int, default=8, help="attention heads")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout in attention, residual and embeddings")
-
-    g.add_argument("--sample_steps", type=int, default=1000, help="decode a sample grid every N steps; 0 disables")
-    args = p.parse_args(argv)
+    add_dataclass_arguments(p.add_argument_group("data"), PriorDataArguments)
+    add_dataclass_arguments(p.add_argument_group("model"), PriorModelArguments)
+    args = parse_arguments(p, argv)
     check_training_args(p, args)
+    if not args.tokenizer:
+        p.error("--tokenizer is required: the folder or Hub id of a trained VQ-VAE (stage1_tokenizer.train)")
     if not 0 <= args.label_dropout < 1:
         p.error(f"--label_dropout must lie in [0, 1), got {args.label_dropout}")
     return args
 
 
-def input_ids(codes: torch.Tensor, labels: torch.Tensor | None, vocab: Any, label_dropout: float = 0.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """`b L` codes -> `b 1+L` prefix + codes; with `label_dropout` some classes become the null class."""
-    if labels is not None and label_dropout > 0:
-        drop = torch.rand(labels.shape, generator=generator, device="cpu").to(labels.device) < label_dropout
-        labels = torch.where(drop, -1, labels)
-    return torch.cat([vocab.prefix(labels, codes.shape[0], codes.device), codes.long()], dim=1)
+def drop_labels(labels: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`b` labels with each replaced by -1 (the null class) with `probability`: what teaches guidance."""
+    drop = torch.rand(labels.shape, generator=generator, device="cpu").to(labels.device) < probability
+    return torch.where(drop, -1, labels)
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, prior: torch.nn.Module, loader: DataLoader, vocab: Any, conditional: bool,
+def evaluate(accelerator: Accelerator, prior: torch.nn.Module, loader: DataLoader, vocab: PriorVocabulary, conditional: bool,
              pixels_per_image: int) -> dict[str, float]:
     """Held-out negative log-likelihood of the codes: nats and bits per token, bits per pixel-dimension."""
     prior.eval()
     total_nll, total_tokens, total_images = 0.0, 0, 0
     for batch in loader:
-        ids = input_ids(batch["codes"], batch.get("label") if conditional else None, vocab)
+        ids = vocab.sequences(batch["codes"], batch.get("label") if conditional else None)
         nll = accelerator.gather_for_metrics(sequence_nll(prior, ids))
         total_nll += nll.sum().item()
         total_images += nll.shape[0]
@@ -97,12 +110,12 @@ def evaluate(accelerator: Accelerator, prior: torch.nn.Module, loader: DataLoade
 
 @torch.no_grad()
 def write_samples(prior: torch.nn.Module, tokenizer: VQVAE, path: Path, num_classes: int, seed: int) -> Path:
-    labels = torch.arange(num_classes).repeat_interleave(8) if num_classes else None
+    labels = class_grid_labels(num_classes)
     n = labels.shape[0] if labels is not None else 64
     generator = torch.Generator().manual_seed(seed)
     codes = sample_codes(prior, n, class_labels=labels, generator=generator,
                          guidance_scale=2.0 if num_classes else 1.0)
-    return save_image_grid(tokenizer.detokenize(codes.to(next(tokenizer.parameters()).device)), path, nrow=8)
+    return save_image_grid(tokenizer.detokenize(codes), path, nrow=8)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -122,8 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if names is None:
         train_codes = train_codes.remove_columns([c for c in ["label"] if c in train_codes.column_names])
         test_codes = test_codes.remove_columns([c for c in ["label"] if c in test_codes.column_names])
-    prior = build_prior(spec, names, architecture=args.architecture, num_layers=args.num_layers,
-                        hidden_size=args.hidden_size, num_heads=args.num_heads, dropout=args.dropout)
+    prior = build_prior(spec, names, **dataclasses.asdict(dataclass_from_arguments(PriorModelArguments, args)))
     vocab = prior_spec(prior).vocabulary
     pixels = spec.image_channels * spec.image_size**2
     log(f"prior: {sum(p.numel() for p in prior.parameters()):,} parameters, vocabulary {vocab.size}, sequence "
@@ -139,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
         # label dropout draws from a generator keyed by (seed, step, rank): a resumed run drops the same labels
         dropout_generator = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 1_009 + accelerator.process_index)
-        ids = input_ids(batch["codes"], batch.get("label") if names else None, vocab, args.label_dropout, dropout_generator)
+        labels = drop_labels(batch["label"], args.label_dropout, dropout_generator) if names else None
+        ids = vocab.sequences(batch["codes"], labels)
         with accelerator.accumulate(prior):
             loss = prior(input_ids=ids, labels=ids).loss
             optimizer_step(accelerator, state, loss, args.max_grad_norm)

@@ -52,5 +52,17 @@ class PriorVocabulary:
         tokens = torch.where(labels < 0, self.null_token, self.codebook_size + 1 + labels)
         return tokens.view(-1, 1)
 
+    def sequences(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The prior's input: `b h w` (or `b t` raster-order) codes -> `b 1+h*w` long, the prefix then the codes.
+
+        `labels` (`b`; -1 = null class) picks each row's class token; None gives the start token, or
+        the null class on a conditional prior. A `b 0` `codes` gives the prefix alone.
+        """
+        codes = codes.flatten(1).long()
+        prefix = self.prefix(labels, codes.shape[0], codes.device)
+        if prefix.shape[0] != codes.shape[0]:
+            raise ValueError(f"{prefix.shape[0]} class labels for {codes.shape[0]} code sequences")
+        return torch.cat([prefix, codes], dim=1)
+
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from stage1_tokenizer import VQVAE
 from stage2_prior import (PriorVocabulary, TokenizerSpec, build_prior, check_compatible, encode_dataset, load_prior,
                           sample_codes, save_prior)
-from stage2_prior.train import input_ids, main as train_prior
+from stage2_prior.train import drop_labels, main as train_prior
 from two_processes import launch_two_cpu_processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,19 +57,24 @@ def test_vocabulary_layout_and_prefixes():
     with pytest.raises(ValueError, match="unconditional"):
         unconditional.prefix(torch.tensor([0]), 1)
     codes, labels = torch.randint(0, 16, (1000, 9)), torch.randint(0, 3, (1000,))
-    ids = input_ids(codes, labels, vocab)
+    ids = vocab.sequences(codes, labels)
     assert torch.equal(ids[:, 1:], codes) and torch.equal(ids[:, 0], labels + 17)
-    dropped = input_ids(codes, labels, vocab, label_dropout=0.3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(vocab.sequences(codes.view(1000, 3, 3), labels), ids)  # `b h w` grids flatten in raster order
+    assert vocab.sequences(codes[:2, :0], None).flatten().tolist() == [20, 20]  # no codes: the prefix alone
+    assert torch.equal(unconditional.sequences(codes)[:, 0], torch.full((1000,), 16))
+    with pytest.raises(ValueError, match="2 class labels for 3"):
+        vocab.sequences(codes[:3], labels[:2])
+    dropped = vocab.sequences(codes, drop_labels(labels, 0.3, generator=torch.Generator().manual_seed(0)))
     share = (dropped[:, 0] == vocab.null_token).float().mean().item()
     assert 0.25 < share < 0.35
-    assert (input_ids(codes, labels, vocab, label_dropout=0.999)[:, 0] == vocab.null_token).float().mean() > 0.99
+    assert (vocab.sequences(codes, drop_labels(labels, 0.999))[:, 0] == vocab.null_token).float().mean() > 0.99
 
 
 def test_a_tiny_prior_overfits_a_handful_of_sequences():
     prior = tiny_prior().train()
     vocab = PriorVocabulary(16, 3)
     torch.manual_seed(1)
-    ids = input_ids(torch.randint(0, 16, (4, 9)), torch.tensor([0, 1, 2, 0]), vocab)
+    ids = vocab.sequences(torch.randint(0, 16, (4, 9)), torch.tensor([0, 1, 2, 0]))
     optimizer = torch.optim.AdamW(prior.parameters(), lr=3e-3)
     for _ in range(150):
         loss = prior(input_ids=ids, labels=ids).loss
@@ -81,18 +87,34 @@ def test_a_tiny_prior_overfits_a_handful_of_sequences():
     assert final < 0.2 * math.log(16), f"nats/token {final:.3f} vs log K = {math.log(16):.3f}"
 
 
-def test_same_seed_same_codes_with_and_without_cache_and_across_batches():
-    prior = tiny_prior()
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_same_seed_same_codes_with_and_without_cache_and_across_batches(architecture):
+    prior = tiny_prior(architecture=architecture)
     kwargs = dict(class_labels=[0, 1, 2, 1], guidance_scale=2.0, top_k=10, top_p=0.9, temperature=0.8)
     a = sample_codes(prior, 4, generator=torch.Generator().manual_seed(0), **kwargs)
     b = sample_codes(prior, 4, generator=torch.Generator().manual_seed(0), use_cache=False, **kwargs)
     assert a.shape == (4, 3, 3) and a.dtype == torch.long and 0 <= a.min() and a.max() < 16
     assert torch.equal(a, b)
+    prompt = a[:, 0, :2].reshape(4, 2)
+    c = sample_codes(prior, 4, generator=torch.Generator().manual_seed(1), prompt_codes=prompt, **kwargs)
+    d = sample_codes(prior, 4, generator=torch.Generator().manual_seed(1), prompt_codes=prompt, use_cache=False, **kwargs)
+    assert torch.equal(c, d) and torch.equal(c.flatten(1)[:, :2], prompt)
     # one generator per sample: sample i is the same drawn alone or in a batch
     gens = [torch.Generator().manual_seed(100 + i) for i in range(3)]
     batch = sample_codes(prior, 3, class_labels=[0, 1, 2], generator=gens)
     alone = sample_codes(prior, 1, class_labels=[2], generator=[torch.Generator().manual_seed(102)])
     assert torch.equal(batch[2:], alone)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_sampling_uses_the_current_cache_api_without_deprecation_warnings(architecture):
+    prior = tiny_prior(architecture=architecture)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sample_codes(prior, 2, class_labels=[0, 1], guidance_scale=2.0, prompt_codes=torch.tensor([[1], [2]]))
+        sample_codes(prior, 2, use_cache=False)
+    deprecations = [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not deprecations, [f"{w.filename}:{w.lineno}: {w.message}" for w in deprecations]
 
 
 def test_top_k_one_is_greedy_and_guidance_changes_samples():
