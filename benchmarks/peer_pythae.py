@@ -19,9 +19,10 @@ so the budget is exactly ours):
 
 Each model is saved under WORKDIR/DATASET/{vae,vqvae} as `model.safetensors` + `config.json` (no
 pickle; pythae's own `save()` would cloudpickle the custom nets) and reused on the next run when its
-training settings match. Each is then wrapped in an adapter with the duck-typed interface of our
-models (see `PythaeVAEAdapter`, `PythaeVQVAEAdapter`) and scored by `pipelines.evaluate`, exactly
-as ours are. Prints one JSON object; `--out` also writes it.
+training settings match. Each is then wrapped in an adapter with the interface of our models
+(pipelines/protocols.py; see `PythaeVAEAdapter`, `PythaeVQVAEAdapter`) and scored by
+`pipelines.evaluate`, exactly as ours are: the library has no branch for them. Prints one JSON
+object; `--out` also writes it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,6 +50,7 @@ from pipelines.evaluate import evaluate  # noqa: E402
 from stage1_tokenizer import GaussianPosterior  # noqa: E402
 from vqgen.atomic_io import atomic_directory  # noqa: E402
 from vqgen.data import image_tensors  # noqa: E402
+from vqgen.sampling_settings import SamplingSettings, gaussian_latent_settings  # noqa: E402
 
 try:
     from importlib.metadata import version as _dist_version
@@ -168,7 +171,7 @@ def trained_model(kind: str, folder: Path, train_images: torch.Tensor, args: arg
     return model, {**timing, "reused": False}
 
 
-# -- adapters: pythae models behind the duck-typed interface of ours ---------------------------------
+# -- adapters: pythae models behind the interface of ours (pipelines/protocols.py) ------------------
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -176,7 +179,8 @@ def _device(module: nn.Module) -> torch.device:
 class PythaeVAEAdapter(nn.Module):
     """A pythae `VAE` (Bernoulli decoder) with the interface of `stage1_tokenizer.VAE`.
 
-    `model_type` is what `pipelines.evaluate` reads to score it as a VAE.
+    Its capabilities (`has_elbo`, `can_sample`) decide what `pipelines.evaluate` scores; `model_type`
+    only names the family in the result.
 
     pythae's decoder ends in a Sigmoid and returns probabilities under "reconstruction". Logits are
     taken exactly, from the output of the layer before that Sigmoid (a forward hook), so no
@@ -185,6 +189,11 @@ class PythaeVAEAdapter(nn.Module):
     """
 
     model_type = "vae"
+    is_discrete = False
+    has_elbo = True
+    can_sample = True
+    requires_labels = False
+    class_names = None  # unconditional
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
@@ -204,6 +213,14 @@ class PythaeVAEAdapter(nn.Module):
         self._pre_sigmoid = inputs[0]
 
     @property
+    def autoencoder(self) -> PythaeVAEAdapter:
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self)
+
+    @property
     def latent_shape(self) -> tuple[int, ...]:
         return (self.config.latent_dim,)
 
@@ -220,30 +237,44 @@ class PythaeVAEAdapter(nn.Module):
             return logits
         return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
 
-    def to_images(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
-
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         images = self.model.decoder(z)["reconstruction"]
         self._pre_sigmoid = None
         return images
 
+    def encode_latent(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior means `b latent_dim`."""
+        return self.encode(images).mean
+
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(z)
+
     def log_likelihood(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over pixels, in nats: `b`."""
         return -F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(1)
+
+    def negative_elbo(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """KL in closed form plus -log p(x|z) at the posterior mean, in nats: `b` (as ours)."""
+        posterior = self.encode(images)
+        return posterior.kl() - self.log_likelihood(self.decode_logits(posterior.mean), images)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean; images in [0, 1]."""
         return self.decode(self.encode(images).mean)
 
+    def sampling_settings(self, *, temperature: float | None = None, top_k: int | None = None,
+                          top_p: float | None = None, guidance_scale: float | None = None,
+                          conditional: bool = False) -> SamplingSettings:
+        return gaussian_latent_settings("pythae VAE", temperature=temperature, top_k=top_k, top_p=top_p,
+                                        guidance_scale=guidance_scale)
+
     @torch.no_grad()
-    def sample(self, num_samples: int, labels: torch.Tensor | None = None, *,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ N(0, I) -> images `num_samples 1 28 28` in [0, 1]."""
-        if num_samples <= 0:
-            raise ValueError(f"num_samples must be positive, got {num_samples}")
-        z = torch.randn((num_samples, *self.latent_shape), generator=generator, device=_device(self))
+    def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
+                     settings: SamplingSettings) -> torch.Tensor:
+        """z ~ N(0, temperature^2 I), one per generator -> images `b 1 28 28` in [0, 1] (as ours)."""
+        z = GaussianPosterior.standard_normal(self.latent_shape, self.device).sample_seeded(generators,
+                                                                                            settings.temperature)
         return self.decode(z)
 
 
@@ -251,6 +282,11 @@ class PythaeVQVAEAdapter(nn.Module):
     """A pythae `VQVAE` with the interface of `stage1_tokenizer.VQVAE` (tokenize/detokenize/reconstruct)."""
 
     model_type = "vqvae"
+    is_discrete = True
+    has_elbo = False
+    can_sample = False  # no prior over its codes
+    requires_labels = False
+    class_names = None
 
     def __init__(self, model: VQVAE) -> None:
         super().__init__()
@@ -261,6 +297,18 @@ class PythaeVQVAEAdapter(nn.Module):
         with torch.no_grad():  # the code grid of pythae's nets (4 x 4 for 28 x 28 images)
             probe = model.encoder(torch.zeros(1, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=_device(model)))
         self._grid = tuple(probe.embedding.shape[2:])
+
+    @property
+    def autoencoder(self) -> PythaeVQVAEAdapter:
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.config.code_dim, *self._grid)
 
     @property
     def codebook_size(self) -> int:
@@ -275,16 +323,29 @@ class PythaeVQVAEAdapter(nn.Module):
         return emb.weight if isinstance(emb, nn.Embedding) else emb
 
     @torch.no_grad()
-    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
-        """`b 1 28 28` in [0, 1] -> `b h w` long codes, by pythae's own quantizer (eval mode: no EMA update)."""
+    def _nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents `b d h w` -> `b h w` long codes, by pythae's own quantizer (eval mode: no EMA update)."""
         quantizer = self.model.quantizer
         was_training = quantizer.training
         quantizer.eval()
         try:
-            z = self.model.encoder(images).embedding.permute(0, 2, 3, 1)  # b h w d, as pythae's forward
-            return quantizer(z).quantized_indices.squeeze(1).long()
+            return quantizer(z.permute(0, 2, 3, 1)).quantized_indices.squeeze(1).long()  # b h w d, as pythae's forward
         finally:
             quantizer.train(was_training)
+
+    def encode_latent(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`b 1 28 28` in [0, 1] -> pre-quantisation latents `b d h w`."""
+        return self.model.encoder(images).embedding.float()
+
+    @torch.no_grad()
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Nearest codes of the latents `b d h w`, detokenized."""
+        return self.detokenize(self._nearest(z))
+
+    @torch.no_grad()
+    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        """`b 1 28 28` in [0, 1] -> `b h w` long codes."""
+        return self._nearest(self.encode_latent(images))
 
     @torch.no_grad()
     def detokenize(self, codes: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """vqgen pipelines: chain a tokenizer and a prior, and sample any model family through one call."""
 
-from .generation import SamplingSettings, generate
+from vqgen.sampling_settings import SamplingSettings
+
+from .generation import generate
 from .loading import load_model
 from .pipeline import PipelineConfig, TwoStagePipeline
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,13 +33,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from stage1_tokenizer import VAE, VQVAE, PretrainedModel, codebook_usage
+from stage1_tokenizer import codebook_usage
 from vqgen.atomic_io import atomic_write_text
 from vqgen.data import image_tensors
 from vqgen.image_metrics import mse, psnr, ssim
+from vqgen.sampling_settings import SamplingSettings
 
 from .feature_classifier import FeatureClassifier
-from .generation import class_names_of, generate
+from .generation import generate
 from .latent_tools import anomaly_score, roc_auc
 from .likelihood import (
     code_nll,
@@ -46,33 +48,22 @@ from .likelihood import (
     fit_decoder_sigma,
     importance_weighted_bound,
 )
-from .loading import GenerativeModel, load_model
+from .loading import load_model
 from .pipeline import TwoStagePipeline
+from .protocols import Autoencoder, GenerativeModel
 from .sample_quality import frechet_distance, precision_recall
 
 # Training images the two-stage decoder's sigma is fitted on: fixed, so the bound does not move with --samples.
 SIGMA_FIT_IMAGES = 2000
 
 
-FAMILIES = ("two-stage", "vqvae", "vae", "cvae")
-
-
-def family(model: GenerativeModel) -> str:
-    """"two-stage", or the stage-1 `model_type`; a peer library's model behind the same interface says its own."""
-    if isinstance(model, TwoStagePipeline):
-        return "two-stage"
-    kind = getattr(model, "model_type", None)
-    if kind not in FAMILIES:
-        raise TypeError(f"cannot evaluate a {type(model).__name__}: pass a pipeline, VQ-VAE, VAE or CVAE (or a folder)")
-    return kind
-
-
-def _autoencoder(model: GenerativeModel) -> VQVAE | VAE:
-    return model.tokenizer if isinstance(model, TwoStagePipeline) else model
+def has_code_prior(model: GenerativeModel) -> bool:
+    """A discrete autoencoder that can sample does so through a prior over its codes: a two-stage pipeline."""
+    return model.autoencoder.is_discrete and model.can_sample
 
 
 def _check_geometry(model: GenerativeModel, images: torch.Tensor, spec: str) -> None:
-    config = _autoencoder(model).config
+    config = model.autoencoder.config
     want = (config.image_channels, config.image_size, config.image_size)
     if tuple(images.shape[1:]) != want:
         raise ValueError(f"{spec!r} holds images of shape {tuple(images.shape[1:])} but the model takes {want}: "
@@ -92,10 +83,10 @@ class Reconstructions:
 def reconstruct_split(model: GenerativeModel, images: torch.Tensor, labels: torch.Tensor | None,
                       batch_size: int = 256, progress: bool = True) -> Reconstructions:
     """Mean MSE, PSNR and SSIM of the reconstructions; a VQ-VAE's codebook usage and perplexity on `images`."""
-    ae = _autoencoder(model).eval()
-    device = next(ae.parameters()).device
-    vq = ae.model_type == "vqvae"
-    labels = labels if ae.model_type == "cvae" else None
+    ae = model.autoencoder.eval()
+    device = ae.device
+    vq = ae.is_discrete
+    labels = labels if ae.requires_labels else None
     recons, codes, per_image = [], [], []
     for i in tqdm(range(0, len(images), batch_size), desc="reconstruct", disable=not progress):
         x = images[i : i + batch_size]
@@ -114,15 +105,18 @@ def reconstruct_split(model: GenerativeModel, images: torch.Tensor, labels: torc
     return Reconstructions(metrics, torch.cat(recons), all_codes)
 
 
-def vae_likelihood(model: VAE, images: torch.Tensor, labels: torch.Tensor | None, *, k: int, num_images: int,
+def vae_likelihood(model: Autoencoder, images: torch.Tensor, labels: torch.Tensor | None, *, k: int, num_images: int,
                    seed: int, progress: bool = True) -> dict[str, Any]:
-    """The k-sample bound -L_k on the first `num_images` images and the one-sample ELBO on all, in nats."""
-    conditional = model.model_type == "cvae"
+    """The k-sample bound -L_k on the first `num_images` images and the one-sample ELBO on all, in nats.
+
+    `model` has an ELBO (`has_elbo`).
+    """
+    conditional = model.requires_labels
     labels = labels if conditional else None
     binary = model.config.likelihood == "bernoulli"
     # One fixed draw of the binarised test set, so every k and every model sees the same images.
     data = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed)) if binary else images
-    device = next(model.parameters()).device
+    device = model.device
 
     def fresh() -> torch.Generator:  # each figure its own stream: none depends on the other's settings
         return torch.Generator(device=device).manual_seed(seed)
@@ -153,7 +147,7 @@ def two_stage_likelihood(pipe: TwoStagePipeline, images: torch.Tensor, labels: t
     conditional = pipe.num_classes > 0 and labels is not None
     nll_uncond = code_nll(pipe.prior, recon.codes)
     nll_prior = code_nll(pipe.prior, recon.codes, labels) if conditional else nll_uncond
-    sigma = fit_decoder_sigma(pipe.tokenizer, train_images[:SIGMA_FIT_IMAGES])
+    sigma = fit_decoder_sigma(pipe.autoencoder, train_images[:SIGMA_FIT_IMAGES])
     pixel_nll = discretized_gaussian_nll(images, recon.images, sigma)
     per_dim = math.log(2) * images[0].numel()
     result = {
@@ -169,16 +163,12 @@ def two_stage_likelihood(pipe: TwoStagePipeline, images: torch.Tensor, labels: t
     return result, nll_uncond
 
 
-def draw_samples(model: GenerativeModel, num_samples: int, labels: torch.Tensor | None, guidance_scale: float | None,
-                 seed: int, progress: bool) -> torch.Tensor:
-    """`num_samples` images through `generate`, or a peer model's own `sample`, on the model's device."""
-    if isinstance(model, (TwoStagePipeline, PretrainedModel)):
-        kwargs = {"guidance_scale": guidance_scale} if isinstance(model, TwoStagePipeline) and labels is not None else {}
-        device = model.device if isinstance(model, TwoStagePipeline) else next(model.parameters()).device
-        return generate(model, num_samples=num_samples, class_labels=labels, seed=seed, output_type="pt",
-                        progress=progress, device=device, **kwargs)
-    device = next(model.parameters()).device
-    return model.sample(num_samples, labels, generator=torch.Generator(device).manual_seed(seed)).cpu()
+def sample_settings(model: GenerativeModel, guidance_scale: float | None) -> SamplingSettings:
+    """What `sample_metrics` draws with: the model's defaults and `guidance_scale` (None: the default).
+
+    A conditional model's samples always have labels. Settings the model refuses raise here.
+    """
+    return model.sampling_settings(guidance_scale=guidance_scale, conditional=bool(model.class_names))
 
 
 @torch.no_grad()
@@ -186,11 +176,16 @@ def sample_metrics(model: GenerativeModel, classifier: FeatureClassifier, test_i
                    train_images: torch.Tensor, *, num_samples: int, guidance_scale: float | None, seed: int,
                    progress: bool = True) -> dict[str, Any]:
     """Fréchet distance, precision and recall of samples against test images in the classifier's
-    feature space, the same for training images (the floor), and class accuracy when conditional."""
-    num_classes = len(class_names_of(model) or []) if isinstance(model, (TwoStagePipeline, PretrainedModel)) else 0
+    feature space, the same for training images (the floor), and class accuracy when conditional.
+
+    A conditional model draws its classes in turn.
+    """
+    num_classes = len(model.class_names or [])
     labels = torch.arange(num_samples) % num_classes if num_classes else None
+    settings = sample_settings(model, guidance_scale)
     start = time.perf_counter()
-    samples = draw_samples(model, num_samples, labels, guidance_scale, seed, progress)
+    samples = generate(model, num_samples=num_samples, class_labels=labels, guidance_scale=guidance_scale, seed=seed,
+                       output_type="pt", progress=progress, device=model.device)
     seconds = time.perf_counter() - start
     generator = torch.Generator().manual_seed(seed)
     # Equal-sized sets: precision/recall depend on the set sizes, and so does the Fréchet distance's bias.
@@ -215,9 +210,8 @@ def sample_metrics(model: GenerativeModel, classifier: FeatureClassifier, test_i
         "inception_fid_note": "not computed: Inception weights cannot be downloaded on every machine and do not "
                               "fit 28x28 grey images; the classifier's feature space stands in",
     }
-    if isinstance(model, TwoStagePipeline) and labels is not None:
-        result["guidance_scale"] = guidance_scale if guidance_scale is not None else model.config.guidance_scale
     if labels is not None:
+        result["guidance_scale"] = settings.guidance_scale
         result["class_accuracy"] = (predicted == labels).double().mean().item()
     return result
 
@@ -226,19 +220,20 @@ def sample_metrics(model: GenerativeModel, classifier: FeatureClassifier, test_i
 def anomaly_metrics(model: GenerativeModel, normal: torch.Tensor, anomalous: torch.Tensor,
                     code_nll_normal: torch.Tensor | None = None, progress: bool = True) -> dict[str, float]:
     """ROC-AUC of each anomaly score that applies: reconstruction error, negative ELBO, the prior's code NLL."""
-    scores = ["reconstruction"] + (["negative_elbo"] if family(model) in ("vae", "cvae") else [])
+    scores = ["reconstruction"] + (["negative_elbo"] if model.autoencoder.has_elbo else [])
     auc = {}
     for score in tqdm(scores, desc="anomaly scores", disable=not progress):
         # a CVAE scores each image under its best-fitting class: the labels of anomalies are unknown
         auc[score] = roc_auc(anomaly_score(model, normal, score=score), anomaly_score(model, anomalous, score=score))
     if code_nll_normal is not None:
-        codes = torch.cat([model.tokenizer.tokenize(x.to(model.device)).cpu() for x in anomalous.split(256)])
+        tokenizer = model.autoencoder
+        codes = torch.cat([tokenizer.tokenize(x.to(tokenizer.device)).cpu() for x in anomalous.split(256)])
         auc["code_nll"] = roc_auc(code_nll_normal, code_nll(model.prior, codes))
     return auc
 
 
 def evaluate(
-    model: GenerativeModel | str,
+    model: GenerativeModel | str | os.PathLike,
     dataset: str,
     *,
     classifier: str | None = None,
@@ -252,44 +247,50 @@ def evaluate(
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Every metric that applies to `model` on `dataset`'s test split, as a JSON-ready dict."""
-    name = str(model) if not isinstance(model, (TwoStagePipeline, torch.nn.Module)) else type(model).__name__
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "model_type"):
-        model = load_model(model)
-    kind = family(model)
+    """Every metric that applies to `model` on `dataset`'s test split, as a JSON-ready dict.
+
+    `model` is loaded from a folder or Hub id, or any model with the interface of pipelines/protocols.py
+    (ours, or another library's behind an adapter: benchmarks/peer_pythae.py). What applies follows
+    from its capabilities, and `model_type` names its family in the result.
+    """
+    name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    model = load_model(model)
+    ae = model.autoencoder
     for n, value in (("num_samples", num_samples), ("iwae_k", iwae_k), ("iwae_images", iwae_images)):
         if value < 1:
             raise ValueError(f"{n} must be at least 1, got {value}")
+    if model.can_sample:
+        sample_settings(model, guidance_scale)  # refuses settings the model does not take, before any work
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     start = time.time()
     test_images, test_labels = image_tensors(dataset, "test", max_test_samples)
     _check_geometry(model, test_images, dataset)
-    if kind == "cvae" and test_labels is None:
-        raise ValueError(f"a CVAE is scored with the true labels, and {dataset!r} has none: "
+    if ae.requires_labels and test_labels is None:
+        raise ValueError(f"a {type(ae).__name__} is scored with the true labels, and {dataset!r} has none: "
                          f"evaluate it on the labelled dataset it was trained on")
     judge = None
-    if classifier is not None and kind != "vqvae":
+    if classifier is not None and model.can_sample:
         judge = FeatureClassifier.load(classifier).to(device)
         if (judge.config.image_channels, judge.config.image_size) != tuple(test_images.shape[1:3]):
             raise ValueError(f"the classifier in {classifier} was trained on {judge.config.image_channels}x"
                              f"{judge.config.image_size}px images, not on {dataset!r}: train one on this dataset")
     train_images, _ = image_tensors(dataset, "train", max(num_samples, SIGMA_FIT_IMAGES))
-    result: dict[str, Any] = {"model": name, "family": kind, "dataset": dataset,
+    result: dict[str, Any] = {"model": name, "family": model.model_type, "dataset": dataset,
                               "test_images": len(test_images)}
     recon = reconstruct_split(model, test_images, test_labels, progress=progress)
     result["reconstruction"] = recon.metrics
 
     code_nll_normal = None
-    if kind in ("vae", "cvae"):
-        result["likelihood"] = vae_likelihood(model, test_images, test_labels, k=iwae_k, num_images=iwae_images,
+    if ae.has_elbo:
+        result["likelihood"] = vae_likelihood(ae, test_images, test_labels, k=iwae_k, num_images=iwae_images,
                                               seed=seed, progress=progress)
-    elif kind == "two-stage":
+    elif has_code_prior(model):
         result["likelihood"], code_nll_normal = two_stage_likelihood(model, test_images, test_labels, recon,
                                                                      train_images)
 
-    if kind == "vqvae":
-        result["samples"] = "not applicable: a VQ-VAE alone has no prior to sample from"
+    if not model.can_sample:
+        result["samples"] = f"not applicable: a {type(model).__name__} alone has no prior to sample from"
     elif judge is None:
         result["samples"] = ("skipped: pass --classifier DIR (train one with "
                              "`python benchmarks/feature_classifier.py --dataset SPEC --out DIR`)")

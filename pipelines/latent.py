@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_tokenizer import CVAE
 from vqgen.atomic_io import atomic_path
 from vqgen.data import DEFAULT_DATASET, images_to_tensor, load_image_dataset
 from vqgen.image_grid import save_image_grid
 
 from . import latent_tools as lt
-from .loading import GenerativeModel, load_model
-from .pipeline import TwoStagePipeline
+from .loading import load_model
+from .protocols import GenerativeModel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_images(spec: str, model: GenerativeModel, num: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first `num` test images of `spec` in the model's geometry (`b c h w` in [0, 1]) and their labels."""
-    config = (model.tokenizer if isinstance(model, TwoStagePipeline) else model).config
+    config = model.autoencoder.config
     ds = load_image_dataset(spec, "test", image_size=config.image_size, channels=config.image_channels,
                             max_samples=num).with_format("torch")
     batch = ds[:]
@@ -108,11 +107,11 @@ def pick(spec: str, model: GenerativeModel, *indices: int) -> tuple[torch.Tensor
 
 
 def default_label(model: GenerativeModel, given: str | None, labels: torch.Tensor | None) -> int | str | None:
-    """--label, else the dataset's label for a class-conditional model (None when it has no labels)."""
+    """--label as typed (a class name or id, parsed by `resolve_labels`), else the dataset's label for a
+    class-conditional model (None when the dataset has no labels)."""
     if given is not None:
-        return int(given) if given.lstrip("-").isdigit() else given
-    conditional = isinstance(model, CVAE) or (isinstance(model, TwoStagePipeline) and model.num_classes > 0)
-    return int(labels[0]) if conditional and labels is not None else None
+        return given
+    return int(labels[0]) if model.class_names and labels is not None else None
 
 
 def save_histogram(normal: np.ndarray, anomalous: np.ndarray, path: Path, title: str) -> None:
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise ValueError(f"{args.dataset!r} has no test images of class {c}")
             groups.append(members)
         n = args.num_direction_images
-        y = isinstance(model, CVAE)  # only a CVAE is told the classes
+        y = model.autoencoder.class_names is not None  # only a class-conditional autoencoder is told the classes
         direction = lt.attribute_direction(model, images[groups[0][:n]], images[groups[1][:n]],
                                            args.with_class if y else None, args.without_class if y else None)
         originals = images[groups[1][: args.num_images]]

@@ -1,15 +1,16 @@
 """Tools that work in a model's latent space: interpolation, traversal, anomaly scores, augmentation,
 attribute editing and (for 2-D VAEs) latent maps.
 
-Every tool goes through one pair per model family:
+Every tool goes through the stage-1 model's `encode_latent` / `decode_latent` (pipelines/protocols.py):
 
     latent                                        decode
     VAE / CVAE  posterior mean of q(z|x)           model.decode(z, labels)
     VQ-VAE      pre-quantisation latent `b d h w`  nearest code, then detokenize
 
 `model` is a `TwoStagePipeline` (its tokenizer is used, and its prior by `augment`), a `VQVAE`, a
-`VAE`, a `CVAE`, or a folder / Hub id of one. Images are float `b c h w` in [0, 1]; a CVAE needs
-`labels` (one per image, or a single int for all) wherever it encodes or decodes.
+`VAE`, a `CVAE`, a folder / Hub id of one, or another library's model behind the same interface.
+Images are float `b c h w` in [0, 1]; a CVAE needs `labels` (one per image, or a single int for
+all) wherever it encodes or decodes.
 """
 
 from __future__ import annotations
@@ -21,32 +22,20 @@ from typing import Literal
 
 import torch
 
-from stage1_tokenizer import CVAE, VAE, VQVAE
 from vqgen.atomic_io import atomic_path
 from vqgen.validation import check_images
-from stage2_prior import sample_codes
 
-from .generation import Labels, resolve_labels, sample_seed
-from .loading import GenerativeModel, load_model
-from .pipeline import TwoStagePipeline
+from .labels import Labels, resolve_labels
+from .loading import load_model
+from .protocols import Autoencoder, GenerativeModel
+from .seeds import sample_generators
 
 ModelLike = GenerativeModel | str | os.PathLike
-Autoencoder = VQVAE | VAE
 
 
 # -- the shared pieces ---------------------------------------------------------------------------------
 def _autoencoder(model: ModelLike) -> Autoencoder:
-    if isinstance(model, torch.nn.Module) and getattr(model, "model_type", None) in ("vqvae", "vae", "cvae"):
-        return model.eval()  # ours, or another library's model behind the same interface (benchmarks/peer_pythae.py)
-    model = load_model(model)
-    ae = model.tokenizer if isinstance(model, TwoStagePipeline) else model
-    if not isinstance(ae, (VQVAE, VAE)):
-        raise TypeError(f"latent tools need a VQVAE, VAE, CVAE or TwoStagePipeline, got {type(ae).__name__}")
-    return ae.eval()
-
-
-def _device(ae: Autoencoder) -> torch.device:
-    return next(ae.parameters()).device
+    return load_model(model).autoencoder.eval()
 
 
 def _batch(images: torch.Tensor, ae: Autoencoder, name: str = "images", single: bool = False) -> torch.Tensor:
@@ -59,40 +48,23 @@ def _batch(images: torch.Tensor, ae: Autoencoder, name: str = "images", single: 
         raise type(e)(f"{name}: {e}") from None
     if single and images.shape[0] != 1:
         raise ValueError(f"{name} must be one image (`c h w` or `1 c h w`), got a batch of {images.shape[0]}")
-    return images.to(_device(ae))
+    return images.to(ae.device)
 
 
 def _labels(ae: Autoencoder, labels: Labels, n: int) -> torch.Tensor | None:
     """`n` labels for a CVAE (an int or a single label is repeated); None for the other models."""
     if labels is None:
-        if isinstance(ae, CVAE):
-            raise ValueError("this CVAE is class-conditional: pass labels (an int for all images, or one per image)")
+        if ae.requires_labels:
+            raise ValueError(f"this {type(ae).__name__} is class-conditional: pass labels (an int for all images, "
+                             "or one per image)")
         return None
     # resolve_labels refuses labels for an unconditional model and accepts class names too
-    return resolve_labels(ae, labels, n).to(_device(ae))
-
-
-def _latent_shape(ae: Autoencoder) -> tuple[int, ...]:
-    return ae.latent_shape if isinstance(ae, VAE) else (ae.config.code_dim, *ae.grid_shape)
+    return resolve_labels(ae, labels, n).to(ae.device)
 
 
 def latent_shape(model: ModelLike) -> tuple[int, ...]:
     """Shape of one latent, no batch dim: `(latent_dim,)` (flat VAE) or `(d, h, w)` (grid VAE, VQ-VAE)."""
-    return _latent_shape(_autoencoder(model))
-
-
-def _encode(ae: Autoencoder, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Images `b c H W` -> latents `b ...` (posterior mean, or the VQ-VAE's pre-quantisation latent)."""
-    if isinstance(ae, VAE):
-        return ae.encode(images, labels).mean
-    return ae.encode(images).float()
-
-
-def _decode(ae: Autoencoder, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Latents `b ...` -> images `b c H W`; a VQ-VAE snaps each latent vector to its nearest code first."""
-    if isinstance(ae, VAE):
-        return ae.decode(z, labels)
-    return ae.detokenize(ae.quantizer.nearest(z))
+    return tuple(_autoencoder(model).latent_shape)
 
 
 # -- 1. interpolation ------------------------------------------------------------------------------------
@@ -109,10 +81,10 @@ def interpolate(model: ModelLike, a: torch.Tensor, b: torch.Tensor, steps: int =
         raise ValueError(f"steps must be an integer >= 2 (the two endpoints included), got {steps!r}")
     x = torch.cat([_batch(a, ae, "a", single=True), _batch(b, ae, "b", single=True)])
     label = _labels(ae, labels, 1)
-    za, zb = _encode(ae, x, None if label is None else label.expand(2))
+    za, zb = ae.encode_latent(x, None if label is None else label.expand(2))
     t = torch.linspace(0, 1, steps, device=za.device).view(-1, *[1] * za.ndim)
     z = (1 - t) * za + t * zb  # not lerp: this form hits both endpoints exactly
-    return _decode(ae, z, None if label is None else label.expand(steps))
+    return ae.decode_latent(z, None if label is None else label.expand(steps))
 
 
 # -- 2. traversal ----------------------------------------------------------------------------------------
@@ -127,7 +99,7 @@ def traverse(
     grid latent (`d h w`) `dim` is a channel, set at every position. A CVAE takes one label (an int).
     """
     ae = _autoencoder(model)
-    shape = _latent_shape(ae)
+    shape = tuple(ae.latent_shape)
     image_shape = (ae.config.image_channels, ae.config.image_size, ae.config.image_size)
     if not isinstance(image_or_z, torch.Tensor):
         raise TypeError(f"image_or_z must be a tensor (an image or a latent), got {type(image_or_z).__name__}")
@@ -145,10 +117,10 @@ def traverse(
     if values.numel() == 0 or not torch.isfinite(values).all():
         raise ValueError(f"values must be a non-empty sequence of finite numbers, got {values.tolist()}")
     label = _labels(ae, labels, 1)
-    z = x[None].float().to(_device(ae)) if is_latent else _encode(ae, _batch(x, ae, "image_or_z", single=True), label)
+    z = x[None].float().to(ae.device) if is_latent else ae.encode_latent(_batch(x, ae, "image_or_z", single=True), label)
     z = z.repeat(len(values), *[1] * len(shape))
     z[:, dim] = values.to(z.device).view(-1, *[1] * (len(shape) - 1))
-    return _decode(ae, z, None if label is None else label.expand(len(values)))
+    return ae.decode_latent(z, None if label is None else label.expand(len(values)))
 
 
 # -- 3. anomaly scores -----------------------------------------------------------------------------------
@@ -158,8 +130,7 @@ Score = Literal["reconstruction", "negative_elbo"]
 def _score(ae: Autoencoder, images: torch.Tensor, labels: torch.Tensor | None, score: Score) -> torch.Tensor:
     if score == "reconstruction":
         return (ae.reconstruct(images, labels) - images).pow(2).flatten(1).mean(1)
-    posterior = ae.encode(images, labels)
-    return posterior.kl() - ae.log_likelihood(ae.decode_logits(posterior.mean, labels), images)
+    return ae.negative_elbo(images, labels)
 
 
 @torch.no_grad()
@@ -177,15 +148,15 @@ def anomaly_score(
     ae = _autoencoder(model)
     if score not in ("reconstruction", "negative_elbo"):
         raise ValueError(f"score must be 'reconstruction' or 'negative_elbo', got {score!r}")
-    if score == "negative_elbo" and ae.model_type not in ("vae", "cvae"):
+    if score == "negative_elbo" and not ae.has_elbo:
         raise ValueError("score='negative_elbo' needs a VAE or CVAE (a VQ-VAE has no likelihood); "
                          "use score='reconstruction'")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     images = _batch(images, ae)
     n = images.shape[0]
-    if ae.model_type == "cvae" and labels is None:
-        per_class = [torch.full((n,), c, dtype=torch.long, device=images.device) for c in range(ae.config.num_classes)]
+    if ae.requires_labels and labels is None:
+        per_class = [torch.full((n,), c, dtype=torch.long, device=images.device) for c in range(len(ae.class_names))]
     else:
         per_class = [_labels(ae, labels, n)]
     scores = []
@@ -230,32 +201,29 @@ def augment(
     unconditional). Variation i comes from its own generator seeded from (seed, i).
     """
     model = load_model(model)
-    if isinstance(model, VQVAE):
+    ae = model.autoencoder.eval()
+    if ae.is_discrete and not model.can_sample:
         raise ValueError("augmenting with a VQ-VAE needs a prior to resample codes from: use a TwoStagePipeline "
                          "(TwoStagePipeline.from_parts(tokenizer, prior)) or a VAE/CVAE")
-    ae = _autoencoder(model)
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     x = _batch(image, ae, "image", single=True)
-    generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]
-    if isinstance(model, TwoStagePipeline):
+    generators = sample_generators(seed, range(n))
+    if ae.is_discrete:  # a code grid: the pipeline's prior completes it
         h, w = ae.grid_shape
         keep_rows = h // 2 if keep_rows is None else keep_rows
         if isinstance(keep_rows, bool) or not isinstance(keep_rows, int) or not 0 <= keep_rows < h:
             raise ValueError(f"keep_rows must be an integer in [0, {h - 1}] (the code grid has {h} rows), got {keep_rows!r}")
         class_labels = None if labels is None else resolve_labels(model, labels, n)
         prompt = ae.tokenize(x)[:, :keep_rows].flatten(1).expand(n, -1)
-        codes = sample_codes(model.prior.eval(), n, class_labels=class_labels, temperature=temperature,
-                             prompt_codes=prompt, generator=generators)
-        return ae.detokenize(codes)
+        return ae.detokenize(model.complete_codes(prompt, class_labels, generators, temperature))
     if keep_rows is not None:
         raise ValueError("keep_rows applies to a two-stage pipeline's code grid, not to a VAE/CVAE")
     label = _labels(ae, labels, 1)
-    posterior = ae.encode(x, label)
-    eps = torch.stack([torch.randn(posterior.mean.shape[1:], generator=g) for g in generators]).to(x.device)
-    return _decode(ae, posterior.mean + temperature * posterior.std * eps, None if label is None else label.expand(n))
+    z = ae.encode(x, label).sample_seeded(generators, temperature)  # z ~ q(z|x), its std scaled by temperature
+    return ae.decode_latent(z, None if label is None else label.expand(n))
 
 
 # -- 5. attribute directions -----------------------------------------------------------------------------
@@ -276,7 +244,7 @@ def attribute_direction(
     if not len(xw) or not len(xo):
         raise ValueError(f"both groups need images, got {len(xw)} with and {len(xo)} without")
     yw, yo = _labels(ae, labels_with, len(xw)), _labels(ae, labels_without, len(xo))
-    return _encode(ae, xw, yw).mean(0) - _encode(ae, xo, yo).mean(0)
+    return ae.encode_latent(xw, yw).mean(0) - ae.encode_latent(xo, yo).mean(0)
 
 
 @torch.no_grad()
@@ -284,22 +252,21 @@ def edit(model: ModelLike, images: torch.Tensor, direction: torch.Tensor, streng
          labels: Labels = None) -> torch.Tensor:
     """decode(latent(images) + strength * direction): `b c h w`. Strength 0 gives the reconstructions."""
     ae = _autoencoder(model)
-    shape = _latent_shape(ae)
+    shape = tuple(ae.latent_shape)
     if not isinstance(direction, torch.Tensor) or tuple(direction.shape) != shape:
         got = tuple(direction.shape) if isinstance(direction, torch.Tensor) else type(direction).__name__
         raise ValueError(f"direction must be a tensor of this model's latent shape {shape} "
                          f"(as attribute_direction returns), got {got}")
     x = _batch(images, ae)
     y = _labels(ae, labels, len(x))
-    return _decode(ae, _encode(ae, x, y) + strength * direction.to(x.device, torch.float32), y)
+    return ae.decode_latent(ae.encode_latent(x, y) + strength * direction.to(x.device, torch.float32), y)
 
 
 # -- 6. two-dimensional latents --------------------------------------------------------------------------
-def _flat_2d(model: ModelLike, tool: str) -> VAE:
+def _flat_2d(model: ModelLike, tool: str) -> Autoencoder:
     ae = _autoencoder(model)
-    if not (isinstance(ae, VAE) and ae.config.latent == "flat" and ae.config.latent_dim == 2):
-        got = (f"latent={ae.config.latent!r}, latent_dim={ae.config.latent_dim}" if isinstance(ae, VAE)
-               else f"a {type(ae).__name__}")
+    if tuple(ae.latent_shape) != (2,):
+        got = f"a {type(ae).__name__} with latent shape {tuple(ae.latent_shape)}"
         raise ValueError(f"{tool} needs a VAE or CVAE with latent='flat' and latent_dim=2, got {got}; train one with "
                          "`python -m stage1_tokenizer.train --model vae --latent flat --latent_dim 2`")
     return ae
@@ -317,9 +284,9 @@ def latent_map(model: ModelLike, n: int = 15, extent: float = 3.0, label: int | 
     if not extent > 0:
         raise ValueError(f"extent must be > 0, got {extent}")
     labels = _labels(ae, label, n * n)
-    axis = torch.linspace(-extent, extent, n, device=_device(ae))
+    axis = torch.linspace(-extent, extent, n, device=ae.device)
     z = torch.cartesian_prod(axis.flip(0), axis).flip(1)  # row-major over (z2 descending, z1 ascending) -> (z1, z2)
-    return _decode(ae, z, labels)
+    return ae.decode_latent(z, labels)
 
 
 @torch.no_grad()
@@ -334,13 +301,13 @@ def plot_posterior_means(model: ModelLike, images: torch.Tensor, labels: Labels,
 
     ae = _flat_2d(model, "plot_posterior_means")
     x = _batch(images, ae)
-    if isinstance(ae, CVAE) or labels is None:
+    if ae.requires_labels or labels is None:
         y = _labels(ae, labels, len(x))
-    else:  # an unconditional VAE takes no labels, but they still colour the plot
+    else:  # an unconditional model takes no labels, but they still colour the plot
         y = torch.as_tensor(labels, dtype=torch.long).flatten()
         if y.shape != (len(x),):
             raise ValueError(f"labels must have shape [{len(x)}] (one per image), got {tuple(y.shape)}")
-    mean = _encode(ae, x, y).cpu()
+    mean = ae.encode_latent(x, y).cpu()
     fig = Figure(figsize=(6, 6), dpi=100)
     FigureCanvasAgg(fig)  # attaches the Agg canvas: no pyplot, no global backend state
     ax = fig.add_subplot()

@@ -18,15 +18,16 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from stage1_tokenizer import VAE, VQVAE
 from stage1_tokenizer.posterior import standard_normal_log_prob
 from stage2_prior.prior import prior_spec
 from stage2_prior.scoring import sequence_nll
 
+from .protocols import Autoencoder
+
 
 @torch.no_grad()
 def importance_weighted_bound(
-    model: VAE,
+    model: Autoencoder,
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
     k: int = 5000,
@@ -39,12 +40,13 @@ def importance_weighted_bound(
     """-L_k and the k-sample estimate of the negative ELBO, in nats, for each of `b c h w` images: `b`, `b`.
 
     Both come from the same k draws, so -L_k <= -ELBO holds image by image (Jensen); k = 1 gives the
-    one-sample ELBO twice. `generator` must live on the model's device.
+    one-sample ELBO twice. `model` has an ELBO (`has_elbo`: encode gives q(z|x), decode_logits,
+    log_likelihood). `generator` must live on the model's device.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     bounds, elbos = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=f"IWAE bound, k={k}", disable=not progress):
         x = images[start : start + batch_size].to(device)
@@ -54,11 +56,7 @@ def importance_weighted_bound(
         for done in range(0, k, chunk):
             c = min(chunk, k - done)
             # c samples for every image at once: `c b ...`, flattened to `(c b) ...` for the decoder.
-            eps = torch.randn((c, *posterior.mean.shape), generator=generator, device=device)
-            z = posterior.mean + posterior.std * eps
-            # log q(z|x) from eps: exact, and it avoids dividing by a tiny variance that
-            # GaussianPosterior.log_prob would need for z of shape `c b ...`.
-            log_q = (-0.5 * (eps.pow(2) + math.log(2 * math.pi)) - 0.5 * posterior.logvar).flatten(2).sum(2)
+            z, log_q = posterior.sample_with_log_prob(c, generator)
             log_p = standard_normal_log_prob(z.flatten(0, 1)).view(c, -1)
             xr = x.repeat(c, *[1] * (x.ndim - 1))
             log_px = model.log_likelihood(model.decode_logits(z.flatten(0, 1), None if y is None else y.repeat(c)), xr)
@@ -108,15 +106,15 @@ def code_nll(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor |
     for start in range(0, len(codes), batch_size):
         c = codes[start : start + batch_size].flatten(1).to(device)
         y = None if labels is None else labels[start : start + batch_size].to(device)
-        ids = torch.cat([vocab.prefix(y, c.shape[0], device), c.long()], dim=1)
+        ids = vocab.sequences(c, y)
         out.append(sequence_nll(prior, ids, num_logits=k).cpu())
     return torch.cat(out)
 
 
-def fit_decoder_sigma(tokenizer: VQVAE, images: torch.Tensor, batch_size: int = 256) -> float:
+def fit_decoder_sigma(tokenizer: Autoencoder, images: torch.Tensor, batch_size: int = 256) -> float:
     """Maximum-likelihood sigma of a (continuous) Gaussian around the reconstructions of `images`,
     floored at a quarter of a pixel level so an exact reconstruction still gives a proper density."""
-    device = next(tokenizer.parameters()).device
+    device = tokenizer.device
     sse = sum((tokenizer.reconstruct(b.to(device)).double() - b.to(device).double()).pow(2).sum().item()
               for b in images.split(batch_size))
     return max(math.sqrt(sse / images.numel()), 0.25 / 255)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stage1_tokenizer import VQVAE, PretrainedModel, load_pretrained
+from stage1_tokenizer import load_pretrained
 
 from .pipeline import PIPELINE_CONFIG_NAME, TwoStagePipeline
-
-GenerativeModel = TwoStagePipeline | PretrainedModel
+from .protocols import GenerativeModel
 
 
 def _is_pipeline(name_or_path: str) -> bool:
@@ -31,15 +30,17 @@ def _is_pipeline(name_or_path: str) -> bool:
 def load_model(model: GenerativeModel | str | os.PathLike, *, generative: bool = False) -> GenerativeModel:
     """`model` itself if it is loaded already, else a pipeline or stage-1 model from a folder or Hub id.
 
-    `generative=True` refuses a VQ-VAE on its own: without a prior it cannot sample.
+    A loaded model is anything with the interface of pipelines/protocols.py (ours, or another
+    library's behind an adapter). `generative=True` refuses a model that cannot sample (a VQ-VAE
+    on its own, which has no prior).
     """
     if isinstance(model, (str, os.PathLike)):
         name = str(model)
         model = TwoStagePipeline.from_pretrained(name) if _is_pipeline(name) else load_pretrained(name)
-    if not isinstance(model, (TwoStagePipeline, PretrainedModel)):
+    if not hasattr(model, "autoencoder") or not hasattr(model, "can_sample"):
         raise TypeError(f"model must be a TwoStagePipeline, a VQVAE/VAE/CVAE, or a folder/Hub id of one; "
                         f"got {type(model).__name__}")
-    if generative and isinstance(model, VQVAE):
-        raise ValueError("a VQ-VAE alone cannot sample images: it has no prior. Train one with "
-                         "stage2_prior.train and use TwoStagePipeline.from_parts(tokenizer, prior).")
+    if generative and not model.can_sample:
+        raise ValueError(f"a {type(model).__name__} alone cannot sample images: it has no prior over its codes. "
+                         "Train one with stage2_prior.train and use TwoStagePipeline.from_parts(tokenizer, prior).")
     return model

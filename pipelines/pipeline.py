@@ -1,4 +1,4 @@
-"""`TwoStagePipeline`: a VQ-VAE tokenizer and the prior trained on its codes, saved and loaded as one.
+"""`TwoStagePipeline`: a VQ-VAE tokenizer and the prior trained on its codes, saved, loaded and called as one.
 
 On disk and on the Hub:
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,23 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from stage1_tokenizer import VQVAE, ModelLoadError
-from vqgen.atomic_io import atomic_write_text
-from vqgen.pretrained import config_from_dict, push_saved_folder, resolve_model_folder
-from stage2_prior import check_compatible, load_prior, save_prior
+from stage1_tokenizer import VQVAE
+from stage2_prior import check_compatible, load_prior, sample_codes, save_prior
 from stage2_prior.prior import PriorSpec
+from stage2_prior.sampling import check_sampling_args
+from vqgen.atomic_io import atomic_write_text
+from vqgen.image_grid import class_grid_labels, save_image_grid
+from vqgen.pretrained import (
+    config_from_dict,
+    model_card,
+    push_saved_folder,
+    read_versioned_json,
+    resolve_model_folder,
+)
+from vqgen.sampling_settings import SamplingSettings
+
+from .labels import Labels
+from .sampling import Images, OutputType, sample
 
 PIPELINE_CONFIG_NAME = "pipeline_config.json"
 PIPELINE_FORMAT_VERSION = 1
@@ -52,12 +65,17 @@ class TwoStagePipeline:
     """A tokenizer (`VQVAE`) and a prior (a `transformers` causal LM) that belong together.
 
     >>> pipe = TwoStagePipeline.from_parts("runs/vqvae", "runs/prior")
-    >>> images = pipelines.generate(pipe, num_samples=8, class_labels="7")
+    >>> images = pipe(num_samples=8, class_labels="7", seed=0)
     """
 
+    # The interface every model of the pipelines has (pipelines/protocols.py).
+    model_type = "two-stage"  # the family name evaluation reports
+    can_sample = True
+    requires_labels = False  # no labels: unconditional samples (the null class of a conditional prior)
+
     def __init__(self, tokenizer: VQVAE, prior: PreTrainedModel, config: PipelineConfig | None = None) -> None:
-        if not isinstance(tokenizer, VQVAE):
-            raise TypeError(f"the tokenizer must be a VQVAE, got {type(tokenizer).__name__}")
+        if not getattr(tokenizer, "is_discrete", False):
+            raise TypeError(f"the tokenizer must map images to codes (a VQVAE), got {type(tokenizer).__name__}")
         self.spec: PriorSpec = check_compatible(prior, tokenizer)
         self.tokenizer = tokenizer.eval()
         self.prior = prior.eval()
@@ -86,6 +104,11 @@ class TwoStagePipeline:
         return len(self.config.class_names or [])
 
     @property
+    def autoencoder(self) -> VQVAE:
+        """The stage-1 model that encodes and decodes images: the tokenizer."""
+        return self.tokenizer
+
+    @property
     def device(self) -> torch.device:
         return next(self.prior.parameters()).device
 
@@ -93,6 +116,69 @@ class TwoStagePipeline:
         self.tokenizer.to(device)
         self.prior.to(device)
         return self
+
+    # -- sampling -----------------------------------------------------------------------------------
+    def __call__(
+        self,
+        num_samples: int = 1,
+        class_labels: Labels = None,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 64,
+        output_type: OutputType = "pil",
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> Images:
+        """Sample `num_samples` images; the arguments are those of `pipelines.generate`.
+
+        None for a sampling setting takes this pipeline's default (`self.config`); the default
+        guidance applies only with `class_labels`. Sample i comes from seed (seed, i).
+        """
+        return sample(self, num_samples, class_labels, guidance_scale=guidance_scale, temperature=temperature,
+                      top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size, output_type=output_type,
+                      device=device, progress=progress)
+
+    def sampling_settings(self, *, temperature: float | None = None, top_k: int | None = None,
+                          top_p: float | None = None, guidance_scale: float | None = None,
+                          conditional: bool = False) -> SamplingSettings:
+        """The pipeline's defaults where an argument is None; settings the prior refuses raise here."""
+        cfg = self.config
+        settings = SamplingSettings(
+            temperature=cfg.temperature if temperature is None else temperature,
+            top_k=cfg.top_k if top_k is None else top_k,
+            top_p=cfg.top_p if top_p is None else top_p,
+            # the default guidance applies only when there is a class to guide towards
+            guidance_scale=guidance_scale if guidance_scale is not None else (cfg.guidance_scale if conditional else 1.0),
+        )
+        if settings.guidance_scale != 1.0 and self.num_classes and not conditional:
+            raise ValueError("guidance_scale != 1 needs class_labels to guide towards; pass class_labels, "
+                             "or guidance_scale=1.0 for unconditional samples.")
+        check_sampling_args(1, self.spec.tokenizer.codebook_size, temperature=settings.temperature,
+                            top_k=settings.top_k, top_p=settings.top_p, guidance_scale=settings.guidance_scale,
+                            conditional=self.num_classes > 0)
+        return settings
+
+    @torch.no_grad()
+    def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
+                     settings: SamplingSettings) -> torch.Tensor:
+        """One image per generator, `b c h w` in [0, 1]: the prior draws a code grid, the tokenizer decodes it."""
+        codes = sample_codes(self.prior, len(generators), class_labels=labels, temperature=settings.temperature,
+                             top_k=settings.top_k, top_p=settings.top_p, guidance_scale=settings.guidance_scale,
+                             generator=generators)
+        return self.tokenizer.detokenize(codes.to(self.tokenizer.device))
+
+    @torch.no_grad()
+    def complete_codes(self, prompt_codes: torch.Tensor, labels: torch.Tensor | None,
+                       generators: Sequence[torch.Generator], temperature: float = 1.0) -> torch.Tensor:
+        """Code grids `b h w` whose first codes in raster order are `prompt_codes` (`b t`), the rest from the prior.
+
+        `labels`: `b` long, or None for the null class. Row i is drawn with `generators[i]`.
+        """
+        return sample_codes(self.prior, len(generators), class_labels=labels, temperature=temperature,
+                            prompt_codes=prompt_codes, generator=generators)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -122,16 +208,13 @@ class TwoStagePipeline:
     # -- saving -------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, *, sample_grid: bool = True) -> Path:
         """Write both halves, a sample grid, the model card, and `pipeline_config.json` last."""
-        from .generation import generate
-        from vqgen.image_grid import save_image_grid
-
         folder = Path(save_directory)
         self.tokenizer.save_pretrained(folder / "tokenizer")
         save_prior(self.prior, folder / "prior")
-        if sample_grid:
-            labels = [c for c in range(self.num_classes) for _ in range(8)] if self.num_classes else None
-            images = generate(self, num_samples=len(labels) if labels else 64, class_labels=labels, seed=0,
-                              output_type="pt", device=self.device, progress=False)
+        if sample_grid:  # one row of 8 per class (64 unconditional samples without classes), seed 0
+            labels = class_grid_labels(self.num_classes)
+            images = self(num_samples=64 if labels is None else len(labels), class_labels=labels, seed=0,
+                          output_type="pt", device=self.device, progress=False)
             save_image_grid(images, folder / SAMPLES_NAME, nrow=8)
         atomic_write_text(folder / "README.md", self.model_card(with_samples=sample_grid))
         data = {"format_version": PIPELINE_FORMAT_VERSION, **dataclasses.asdict(self.config)}
@@ -146,33 +229,30 @@ class TwoStagePipeline:
 
     def model_card(self, with_samples: bool = True) -> str:
         spec, cfg = self.spec, self.config
-        numbers = {**{f"tokenizer {k}": v for k, v in self.tokenizer.card_data.get("metrics", {}).items()},
-                   **{f"prior {k}": v for k, v in spec.training.get("metrics", {}).items()},
-                   **cfg.evaluation}
-        rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in numbers.items())
+        (h, w), size = spec.tokenizer.grid_shape, cfg.image_size
         classes = ", ".join(cfg.class_names) if cfg.class_names else "none (unconditional)"
-        return (
-            "---\nlibrary_name: vqgen\ntags:\n- vqgen\n- image-generation\n- vq-vae\n- autoregressive-prior\n---\n\n"
-            "# vqgen two-stage pipeline\n\n"
-            f"A VQ-VAE tokenizer (codebook {spec.tokenizer.codebook_size}, {spec.tokenizer.grid_shape[0]}x"
-            f"{spec.tokenizer.grid_shape[1]} codes per {cfg.image_channels}x{cfg.image_size}x{cfg.image_size} image) "
-            f"and a {self.prior.config.model_type} prior over its codes. Classes: {classes}.\n\n"
-            + (f"![samples]({SAMPLES_NAME})\n\n" if with_samples else "")
-            + "```python\nimport pipelines\n"
-            "images = pipelines.generate(\"<this folder or repo id>\", num_samples=16, seed=0)\n```\n\n"
-            f"Default sampling: guidance scale {cfg.guidance_scale}, temperature {cfg.temperature}, "
-            f"top-k {cfg.top_k}, top-p {cfg.top_p}.\n\n"
-            f"## Evaluation\n\n| metric | value |\n|---|---|\n{rows or '| (not evaluated) | |'}\n"
+        return model_card(
+            title="vqgen two-stage pipeline",
+            tags=["image-generation", "vq-vae", "autoregressive-prior"],
+            description=(
+                f"A VQ-VAE tokenizer (codebook {spec.tokenizer.codebook_size}, {h}x{w} codes per "
+                f"{cfg.image_channels}x{size}x{size} image) and a {self.prior.config.model_type} prior over its codes. "
+                f"Classes: {classes}." + (f"\n\n![samples]({SAMPLES_NAME})" if with_samples else "")
+            ),
+            usage=("from pipelines import TwoStagePipeline\n"
+                   "pipe = TwoStagePipeline.from_pretrained(\"<this folder or repo id>\")\n"
+                   "images = pipe(num_samples=16, seed=0)  # or pipelines.generate(\"<this folder or repo id>\", ...)"),
+            sections={"Default sampling": f"Guidance scale {cfg.guidance_scale}, temperature {cfg.temperature}, "
+                                          f"top-k {cfg.top_k}, top-p {cfg.top_p}."},
+            metrics={**{f"tokenizer {k}": v for k, v in self.tokenizer.card_data.get("metrics", {}).items()},
+                     **{f"prior {k}": v for k, v in spec.training.get("metrics", {}).items()},
+                     **cfg.evaluation},
+            metrics_heading="Evaluation",
         )
 
 
 def read_pipeline_config(path: Path) -> PipelineConfig:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e}); the file is corrupt.") from e
-    version = data.pop("format_version", None) if isinstance(data, dict) else None
-    if not isinstance(version, int) or version > PIPELINE_FORMAT_VERSION:
-        raise ModelLoadError(f"{path} has format_version {version!r}; this vqgen reads up to "
-                             f"{PIPELINE_FORMAT_VERSION}. Upgrade vqgen (pip install -U vqgen).")
+    """`pipeline_config.json`, its format version checked, its fields matched strictly."""
+    data = read_versioned_json(path, PIPELINE_FORMAT_VERSION)
+    data.pop("format_version")
     return config_from_dict(PipelineConfig, data, source=str(path))

@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 from vqgen.atomic_io import atomic_write_bytes, atomic_write_text
 from vqgen.image_grid import save_image_grid
 
-from .generation import resolve_labels, resolve_settings, sample_images, sample_seed
+from .labels import resolve_labels
 from .loading import load_model
+from .sampling import sample_images
+from .seeds import sample_seed
 
 MANIFEST = "manifest.json"
 
@@ -61,12 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cycled_labels(class_labels: list[str] | None, num_samples: int) -> list[int | str] | None:
-    """Command-line labels, repeated over the samples: `0 1 2` -> 0 1 2 0 1 2 ..."""
+def cycled_labels(class_labels: list[str] | None, num_samples: int) -> list[str] | None:
+    """Command-line labels (class ids or names, parsed by `resolve_labels`), repeated over the samples:
+    `0 1 2` -> 0 1 2 0 1 2 ..."""
     if class_labels is None:
         return None
-    values = [int(v) if v.lstrip("-").isdigit() else v for v in class_labels]
-    return [values[i % len(values)] for i in range(num_samples)]
+    return [class_labels[i % len(class_labels)] for i in range(num_samples)]
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -100,8 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     model = load_model(args.model, generative=True)
     labels = resolve_labels(model, cycled_labels(args.class_labels, args.num_samples), args.num_samples)
-    settings = resolve_settings(model, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                guidance_scale=args.guidance_scale, conditional_samples=labels is not None)
+    settings = model.sampling_settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                       guidance_scale=args.guidance_scale, conditional=labels is not None)
     model.to(state.device)
     manifest = {"model": args.model, "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
                 "labels": None if labels is None else labels.tolist(), "settings": dataclasses.asdict(settings)}

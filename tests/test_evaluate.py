@@ -84,6 +84,10 @@ class LinearGaussian(nn.Module):
         self.exact = exact
         self.dummy = nn.Parameter(torch.zeros(()))
 
+    @property
+    def device(self):
+        return self.dummy.device
+
     def encode(self, x, labels=None):
         x = x.flatten(1)
         if self.exact:

@@ -82,6 +82,65 @@ def test_same_seed_same_images_whatever_the_batch_size(name):
     torch.testing.assert_close(whole[:2], first, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [dict(class_labels=[3, 1, 4]), dict(class_labels="7", guidance_scale=3.0, top_k=5),
+                                    dict(temperature=0.8, top_p=0.9), dict(class_labels=None)])
+def test_calling_the_pipeline_is_generate(pipe, kwargs):
+    n = len(kwargs["class_labels"]) if isinstance(kwargs.get("class_labels"), list) else 3
+    called = pipe(num_samples=n, seed=11, batch_size=2, output_type="pt", progress=False, **kwargs)
+    assert torch.equal(called, generate(pipe, num_samples=n, seed=11, batch_size=2, output_type="pt", **kwargs))
+    as_pil = pipe(num_samples=n, seed=11, **kwargs)  # diffusers' default output: PIL images
+    assert len(as_pil) == n and all(isinstance(im, Image.Image) for im in as_pil)
+
+
+def test_every_family_has_the_one_interface():
+    """What the pipelines ask of a model, answered by each without anyone checking its class."""
+    vae, cvae, vq, two_stage = family("vae"), family("cvae"), tiny_tokenizer(), tiny_pipeline()
+    x = torch.rand(2, 1, 28, 28)
+    for model, discrete, elbo, samples, needs_labels, names in [
+        (vae, False, True, True, False, None), (cvae, False, True, True, True, [str(i) for i in range(10)]),
+        (vq, True, False, False, False, None), (two_stage, None, None, True, False, DIGITS),
+    ]:
+        assert (model.can_sample, model.requires_labels, model.class_names) == (samples, needs_labels, names)
+        assert model.device == torch.device("cpu")
+        ae = model.autoencoder
+        if discrete is not None:
+            assert ae is model and (ae.is_discrete, ae.has_elbo) == (discrete, elbo)
+        y = torch.tensor([1, 2]) if ae.requires_labels else None
+        z = ae.encode_latent(x, y)
+        assert tuple(z.shape) == (2, *ae.latent_shape)
+        torch.testing.assert_close(ae.decode_latent(z, y), ae.reconstruct(x, y))
+    assert two_stage.autoencoder is two_stage.tokenizer
+    assert vq.latent_shape == (4, 7, 7) and vae.latent_shape == (4,)
+
+
+def test_sampling_settings_fill_defaults_and_refuse_what_does_not_apply(pipe):
+    from pipelines import SamplingSettings
+
+    assert pipe.sampling_settings(conditional=True) == SamplingSettings(guidance_scale=2.0)
+    assert pipe.sampling_settings(conditional=False) == SamplingSettings(guidance_scale=1.0)
+    assert pipe.sampling_settings(top_k=4, temperature=0.5, conditional=True) == SamplingSettings(0.5, 4, None, 2.0)
+    vae = family("vae")
+    assert vae.sampling_settings(temperature=0.5) == SamplingSettings(temperature=0.5)
+    with pytest.raises(ValueError, match=r"\['guidance_scale'\] apply to a two-stage pipeline"):
+        vae.sampling_settings(guidance_scale=1.0)
+    images = vae.sample_batch(None, [torch.Generator().manual_seed(0) for _ in range(2)], SamplingSettings())
+    assert images.shape == (2, 1, 28, 28) and torch.equal(images[0], images[1])  # same seed, same image
+
+
+def test_shared_helpers():
+    from pipelines.labels import resolve_labels
+    from pipelines.seeds import sample_seed
+    from vqgen.image_grid import class_grid_labels
+
+    assert class_grid_labels(3, per_class=2).tolist() == [0, 0, 1, 1, 2, 2] and class_grid_labels(0) is None
+    assert len(class_grid_labels(10)) == 80
+    cvae = family("cvae")
+    assert resolve_labels(cvae, None, 12).tolist() == [i % 10 for i in range(12)]  # a CVAE cycles its classes
+    assert resolve_labels(cvae, ["3", 4, "-0"], 3).tolist() == [3, 4, 0]
+    assert resolve_labels(family("vae"), None, 4) is None
+    assert sample_seed(0, 1) != sample_seed(1, 0) and 0 <= sample_seed(5, 5) < 2**63
+
+
 def test_class_names_and_ids_give_the_same_samples(pipe):
     by_id = generate(pipe, num_samples=4, class_labels=[7, 7, 2, 0], seed=3, output_type="pt")
     by_name = generate(pipe, num_samples=4, class_labels=["7", "7", "2", "0"], seed=3, output_type="pt")
@@ -139,11 +198,13 @@ def test_from_parts_checks_that_the_halves_match(tmp_path, pipe):
     (dict(batch_size=0), ValueError, "batch_size"),
 ])
 def test_bad_arguments_are_refused_before_any_work(pipe, kwargs, error, match, monkeypatch):
-    import pipelines.generation as gen
+    import pipelines.sampling
 
-    monkeypatch.setattr(gen, "sample_images", lambda *a, **k: pytest.fail("sampled before refusing"))
+    monkeypatch.setattr(pipelines.sampling, "sample_images", lambda *a, **k: pytest.fail("sampled before refusing"))
     with pytest.raises(error, match=match):
         generate(pipe, **{"num_samples": 2, **kwargs})
+    with pytest.raises(error, match=match):
+        pipe(**{"num_samples": 2, **kwargs})
 
 
 def test_family_specific_refusals():
