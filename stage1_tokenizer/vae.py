@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
+from .autoencoder import Autoencoder
 from .configs import CVAEConfig, VAEConfig
 from .likelihood import pixel_log_likelihood
 from .networks import Decoder, Encoder
 from .outputs import AutoencoderOutput
 from .posterior import GaussianPosterior
-from vqgen.pretrained import PretrainedModel
 from vqgen.sampling_settings import SamplingSettings, gaussian_latent_settings
 from vqgen.validation import check_images, check_labels
 
 
-class VAE(PretrainedModel):
+class VAE(Autoencoder):
     """Gaussian-latent autoencoder; `z` is `b latent_dim` (flat) or `b latent_dim h w` (grid)."""
 
     model_type = "vae"
@@ -120,24 +120,8 @@ class VAE(PretrainedModel):
 
 
     # -- the interface the pipelines use for every stage-1 model (pipelines/protocols.py) ------------
-    is_discrete = False
-    has_elbo = True  # encode gives q(z|x); decode_logits, log_likelihood and negative_elbo apply
-    can_sample = True  # z ~ N(0, I), decoded: sampling_settings and sample_batch
-    requires_labels = False
-
-    @property
-    def autoencoder(self) -> VAE:
-        """The model that encodes and decodes images: this one (a pipeline answers with its tokenizer)."""
-        return self
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """The classes this model is conditioned on: None, a VAE takes no labels."""
-        return None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    has_elbo = True
+    can_sample = True  # z ~ N(0, I), decoded
 
     def encode_latent(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images `b c H W` in [0, 1] -> the posterior means `b *latent_shape`."""

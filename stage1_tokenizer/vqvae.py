@@ -6,15 +6,15 @@ from typing import Any
 
 import torch
 
+from .autoencoder import Autoencoder
 from .configs import VQVAEConfig
 from .networks import Decoder, Encoder
 from .outputs import AutoencoderOutput
-from vqgen.pretrained import PretrainedModel
 from .quantizers import build_quantizer
 from vqgen.validation import check_images
 
 
-class VQVAE(PretrainedModel):
+class VQVAE(Autoencoder):
     """Image `b c H W` in [0, 1] <-> codes `b h w` in [0, codebook_size), h = H / 2**num_downsamples.
 
     >>> model = VQVAE(codebook_size=512)          # or VQVAE(VQVAEConfig(...))
@@ -77,24 +77,7 @@ class VQVAE(PretrainedModel):
         return self.detokenize(self.tokenize(images))
 
     # -- the interface the pipelines use for every stage-1 model (pipelines/protocols.py) ------------
-    is_discrete = True  # images <-> code grids: tokenize, detokenize, codebook_size, grid_shape
-    has_elbo = False  # no likelihood: the decoder is trained with a squared error
-    can_sample = False  # sampling needs a prior over the codes: a TwoStagePipeline
-    requires_labels = False
-
-    @property
-    def autoencoder(self) -> VQVAE:
-        """The model that encodes and decodes images: this one (a pipeline answers with its tokenizer)."""
-        return self
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """None: a tokenizer is not conditioned on classes (`config.class_names` only records the dataset's)."""
-        return None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    is_discrete = True
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
