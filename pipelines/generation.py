@@ -44,7 +44,7 @@ def generate(
             (`b h w c` float32 array in [0, 1]).
         device: where to sample; None picks CUDA when available.
     """
-    check_request(num_samples, batch_size, output_type)  # before loading: a bad call downloads nothing
+    check_request(num_samples, batch_size, output_type, seed, device)  # before loading: a bad call downloads nothing
     return sample(load_model(model, generative=True), num_samples, class_labels, guidance_scale=guidance_scale,
                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
                   output_type=output_type, device=device, progress=progress)

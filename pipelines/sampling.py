@@ -25,13 +25,21 @@ OutputType = Literal["pil", "pt", "np"]
 Images = list[Image.Image] | torch.Tensor | np.ndarray
 
 
-def check_request(num_samples: int, batch_size: int, output_type: OutputType) -> None:
+def check_request(num_samples: int, batch_size: int, output_type: OutputType, seed: int | None = None,
+                  device: str | torch.device | None = None) -> None:
     """Refuse a malformed request before anything is loaded or drawn."""
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
 
 
 @torch.no_grad()
@@ -75,7 +83,7 @@ def sample(
 
     See `pipelines.generate` for the arguments. `model` is moved to `device` (None: CUDA when available).
     """
-    check_request(num_samples, batch_size, output_type)
+    check_request(num_samples, batch_size, output_type, seed, device)
     labels = resolve_labels(model, class_labels, num_samples)
     settings = model.sampling_settings(temperature=temperature, top_k=top_k, top_p=top_p,
                                        guidance_scale=guidance_scale, conditional=labels is not None)

@@ -38,6 +38,7 @@ from vqgen.training import (
     finish_step,
     make_accelerator,
     mean_finite_loss,
+    model_state_dict,
     auxiliary_step,
     optimizer_step,
     prepare_training,
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = accelerator.gather(flat[None])
     summary["processes_seen"] = rows.shape[0]
     summary["weights_max_abs_diff_across_processes"] = (rows - rows[:1]).abs().max().item()
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = model_state_dict(accelerator, model)
     if accelerator.is_main_process:
         per_step = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         unwrapped.card_data = {

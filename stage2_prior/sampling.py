@@ -1,30 +1,43 @@
-"""Sampling code grids from a prior: temperature, top-k, top-p, classifier-free guidance, KV cache."""
+"""Sampling code grids from a prior: temperature, top-k, top-p, classifier-free guidance, counter-based
+randomness, and a static or dynamic KV cache (`decoding.py`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
+from .decoding import Decoder
 from .prior import prior_spec
+from .randomness import Generators, sample_keys, uniforms
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_sampling_args(
     num_samples: int, vocabulary_codes: int, *, temperature: float, top_k: int | None, top_p: float | None,
     guidance_scale: float, conditional: bool,
 ) -> None:
-    """Refuse bad settings before any work is done."""
-    if not isinstance(num_samples, int) or num_samples <= 0:
+    """Refuse bad settings before any work is done: wrong types, non-integral counts, NaN and infinity too."""
+    if not _is_integer(num_samples) or num_samples <= 0:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and not 1 <= top_k <= vocabulary_codes:
-        raise ValueError(f"top_k must lie in [1, {vocabulary_codes}] (the codebook size), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if not _is_finite_number(temperature) or not temperature > 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and (not _is_integer(top_k) or not 1 <= top_k <= vocabulary_codes):
+        raise ValueError(f"top_k must be an integer in [1, {vocabulary_codes}] (the codebook size), got {top_k!r}")
+    if top_p is not None and (not _is_finite_number(top_p) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    if not _is_finite_number(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     if guidance_scale != 1.0 and not conditional:
         raise ValueError(
             f"guidance_scale={guidance_scale} needs a class-conditional prior; this one is unconditional. "
@@ -48,21 +61,13 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return logits
 
 
-def draw(logits: torch.Tensor, generators: Generators = None) -> torch.Tensor:
-    """One token per row of `b v` logits by inverse-CDF sampling.
-
-    With one generator per row, row i's draw depends only on its own generator, so a sample is the
-    same whatever batch it is drawn in.
-    """
+def draw(logits: torch.Tensor, keys: torch.Tensor, position: int) -> torch.Tensor:
+    """One token per row of `b v` logits by inverse-CDF sampling with the counter-based uniforms of
+    `keys` (`b` int64) at `position`: no random-number call, nothing drawn on the CPU."""
     probs = logits.float().softmax(-1)
-    if generators is None or isinstance(generators, torch.Generator):
-        u = torch.rand(probs.shape[0], 1, generator=generators, device="cpu")
-    else:
-        if len(generators) != probs.shape[0]:
-            raise ValueError(f"{len(generators)} generators for {probs.shape[0]} rows")
-        u = torch.stack([torch.rand(1, generator=g, device="cpu") for g in generators])
     cdf = probs.cumsum(-1)
-    idx = torch.searchsorted(cdf, (u.to(probs.device) * cdf[:, -1:]).contiguous(), right=True)
+    u = uniforms(keys, position)[:, None]
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True)
     return idx.clamp_max(probs.shape[-1] - 1).squeeze(1)
 
 
@@ -79,27 +84,46 @@ def sample_codes(
     generator: Generators = None,
     use_cache: bool = True,
     prompt_codes: torch.Tensor | None = None,
+    cache_implementation: Literal["preallocated", "static", "dynamic"] = "preallocated",
+    compile: bool = False,
 ) -> torch.Tensor:
     """Sample `num_samples` code grids `b h w` (long, in [0, K)) from `prior`.
 
     `class_labels` (`b`, or -1 entries for the null class) selects the class prefix; None gives
     unconditional samples (the null class of a conditional prior). With `guidance_scale` s != 1
     the conditional and unconditional sequences run as one batch and the logits are combined as
-    uncond + s * (cond - uncond). `use_cache=False` recomputes the whole prefix at every step (only
-    for measuring what the key/value cache saves). `prompt_codes` (`b t` long, the first t codes
-    in raster order) are kept and only the rest of each grid is sampled (image completion).
+    uncond + s * (cond - uncond); at s = 1 the unconditional rows are not computed. `prompt_codes`
+    (`b t` long, the first t codes in raster order) are kept and only the rest of each grid is
+    sampled (image completion).
+
+    Randomness: `generator` is one `torch.Generator`, one per sample (then sample i depends on
+    `generator[i]` alone, whatever the batch), or None (the global RNG). Each sample draws one key
+    from it; token j of sample i then uses the counter-based uniform hash(key_i, j), computed on
+    the prior's device (`stage2_prior.randomness`).
+
+    Decoding: `cache_implementation="dynamic"` (transformers' DynamicCache) or "static" (a
+    StaticCache sized for the sequence; `compile=True` compiles its one-token step). All paths give
+    the same codes in float32. `use_cache=False` recomputes the whole prefix every step (only for
+    measuring what the cache saves).
     """
     spec = prior_spec(prior)
     vocab = spec.vocabulary
     k, (h, w) = vocab.codebook_size, spec.tokenizer.grid_shape
     check_sampling_args(num_samples, k, temperature=temperature, top_k=top_k, top_p=top_p,
                         guidance_scale=guidance_scale, conditional=vocab.num_classes > 0)
+    if not isinstance(use_cache, bool) or not isinstance(compile, bool):
+        raise TypeError("use_cache and compile must be True or False")
+    if cache_implementation not in ("preallocated", "static", "dynamic"):
+        raise ValueError(f"cache_implementation must be 'preallocated', 'static' or 'dynamic', got {cache_implementation!r}")
     device = next(prior.parameters()).device
     labels = None
     if class_labels is not None:
-        labels = torch.as_tensor(class_labels, dtype=torch.long)
+        labels = torch.as_tensor(class_labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}")
         if labels.shape != (num_samples,):
             raise ValueError(f"class_labels must have shape [{num_samples}], got {tuple(labels.shape)}")
+        labels = labels.long().to(device)
     prompt = torch.empty(num_samples, 0, dtype=torch.long, device=device)
     if prompt_codes is not None:
         prompt = torch.as_tensor(prompt_codes, device=device)
@@ -107,23 +131,24 @@ def sample_codes(
             raise ValueError(f"prompt_codes must have shape [{num_samples}, t] with t < {h * w}, got {tuple(prompt.shape)}")
         if prompt.is_floating_point() or (prompt.numel() and (prompt.min() < 0 or prompt.max() >= k)):
             raise ValueError(f"prompt_codes must be integer codes in [0, {k - 1}]")
+        prompt = prompt.long()
+    keys = sample_keys(num_samples, generator, device)
+
     tokens = vocab.sequences(prompt, labels)
     guided = guidance_scale != 1.0
     if guided:  # the unconditional twins run as the second half of the batch
         tokens = torch.cat([tokens, vocab.sequences(prompt, None)])
-
-    # One cache object, filled in place by every forward call (transformers' Cache API).
-    cache = DynamicCache(config=prior.config) if use_cache else None
-    for _ in range(h * w - prompt.shape[1]):
-        if cache is not None:
-            new_tokens = tokens[:, cache.get_seq_length():]  # the whole prefix first, then one token per step
-            logits = prior(input_ids=new_tokens, cache=cache, use_cache=True).logits
-        else:
-            logits = prior(input_ids=tokens, use_cache=False).logits
-        logits = logits[:, -1, :k].float()  # special tokens are never sampled
+    decoder = Decoder(prior, max_length=1 + h * w, cache=cache_implementation if use_cache else "uncached",
+                      compile=compile)
+    logits = decoder.prefill(tokens)
+    codes = [prompt]
+    for position in range(prompt.shape[1], h * w):
+        step_logits = logits[:, :k].float()  # special tokens are never sampled
         if guided:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + guidance_scale * (cond - uncond)
-        nxt = draw(filter_logits(logits, temperature, top_k, top_p), generator)
-        tokens = torch.cat([tokens, (torch.cat([nxt, nxt]) if guided else nxt)[:, None]], dim=1)
-    return tokens[:num_samples, 1:].reshape(num_samples, h, w)
+            cond, uncond = step_logits.chunk(2)
+            step_logits = uncond + guidance_scale * (cond - uncond)
+        nxt = draw(filter_logits(step_logits, temperature, top_k, top_p), keys, position)
+        codes.append(nxt[:, None])
+        if position + 1 < h * w:
+            logits = decoder.step(torch.cat([nxt, nxt]) if guided else nxt)
+    return torch.cat(codes, dim=1).reshape(num_samples, h, w)

@@ -29,7 +29,7 @@ from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, option,
 from vqgen.data import DEFAULT_DATASET, class_names
 from vqgen.image_grid import class_grid_labels, save_image_grid
 from vqgen.training import (add_training_args, check_training_args, finish_step, make_accelerator,
-                                       mean_finite_loss, optimizer_step, prepare_training, stop_on_signals)
+                                       mean_finite_loss, model_state_dict, optimizer_step, prepare_training, stop_on_signals)
 
 from .architectures import ARCHITECTURES
 from .codes import DEFAULT_CACHE_DIR, encode_dataset
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "train_seconds": round(train_seconds, 1),
                                "train_tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1),
                                "processes_seen": accelerator.gather(torch.ones(1, device=accelerator.device)).shape[0]}
-    state_dict = accelerator.get_state_dict(prior)
+    state_dict = model_state_dict(accelerator, prior)
     if accelerator.is_main_process:
         unwrapped.config.vqgen["training"] = {
             "dataset": args.dataset, "steps": step, "seed": args.seed, "label_dropout": args.label_dropout,

@@ -142,7 +142,7 @@ PRIOR = stage2_prior.build_prior(
 def _valid(num_samples, temperature, top_k, top_p) -> bool:
     return (
         num_samples > 0
-        and temperature > 0  # False for nan
+        and math.isfinite(temperature) and temperature > 0
         and (top_k is None or 1 <= top_k <= 16)
         and (top_p is None or 0 < top_p <= 1)  # False for nan
     )
@@ -208,7 +208,7 @@ def test_filter_logits_keeps_argmax(b, v, data, temperature, seed):
 
 @FAST
 @given(
-    temperature=st.one_of(st.floats(0.05, 5.0), st.sampled_from([1e-30, 1e30, math.inf])),
+    temperature=st.one_of(st.floats(0.05, 5.0), st.sampled_from([1e-30, 1e30])),
     top_k=st.one_of(st.none(), st.integers(1, 16)),
     top_p=st.one_of(st.none(), st.floats(0.0, 1.0, exclude_min=True)),
     guidance_scale=st.one_of(st.just(1.0), st.floats(0.0, 5.0)),

@@ -22,7 +22,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
 from torch.utils.data import DataLoader
 
 from .cli import add_dataclass_arguments, option
@@ -47,6 +47,8 @@ class TrainingArguments:
     warmup_steps: int = option(100, "linear learning-rate warm-up steps")
     max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
+    torch_compile: bool = option(False, "compile the model with torch.compile (inductor); the first steps pay the "
+                                        "compilation, the rest run faster (same as accelerate's --dynamo_backend inductor)")
     eval_steps: int = option(500, "evaluate on the test split every N steps")
     eval_batch_size: int = option(256, "examples per process per evaluation batch")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps; 0 disables")
@@ -75,6 +77,9 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
+        # Regional: each repeated block compiled once and reused; compiling the whole GPT-2 trips over
+        # its tied embedding / output weights in torch 2.13's aot_autograd (aliased inputs).
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", use_regional_compilation=True) if args.torch_compile else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     set_seed(args.seed)
@@ -190,6 +195,12 @@ def auxiliary_step(accelerator: Accelerator, state: TrainingState, loss: torch.T
         aux_optimizer.step()
         aux_optimizer.zero_grad()
     state.optimizer.zero_grad()  # the auxiliary loss may reach the model too; its step is over
+
+
+def model_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights as the model itself names them, on every process (a collective under
+    DeepSpeed/FSDP), without the `_orig_mod.` that compiled regions add to their keys."""
+    return {k.replace("._orig_mod", "").replace("_orig_mod.", ""): v for k, v in accelerator.get_state_dict(model).items()}
 
 
 def mean_finite_loss(accelerator: Accelerator, loss: torch.Tensor, step: int) -> float:

@@ -1,0 +1,118 @@
+"""The sampler's decoding paths and its counter-based randomness: same codes on every path, sample i
+the same in any batch, no random-number call inside the token loop, draws that follow the exact
+probabilities (a chi-squared test), arguments refused before any work."""
+
+import math
+
+import pytest
+import torch
+
+import stage2_prior.randomness as randomness
+from stage2_prior import TokenizerSpec, build_prior, sample_codes
+from stage2_prior.sampling import draw, filter_logits
+
+SPEC = TokenizerSpec("t", codebook_size=32, grid_shape=(3, 3), image_size=12, image_channels=1,
+                     class_names=["a", "b", "c"])
+
+
+def tiny_prior(architecture: str = "gpt2"):
+    torch.manual_seed(0)
+    return build_prior(SPEC, SPEC.class_names, architecture=architecture, num_layers=2, hidden_size=32,
+                       num_heads=2, dropout=0.0).eval()
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
+def test_every_decoding_path_gives_the_same_codes(architecture, guidance_scale):
+    prior = tiny_prior(architecture)
+    common = dict(class_labels=[0, 1, 2, 0, 1, 2, 0], guidance_scale=guidance_scale, top_k=20, top_p=0.9)
+    runs = [sample_codes(prior, 7, generator=torch.Generator().manual_seed(4), cache_implementation=cache, **common)
+            for cache in ("preallocated", "dynamic", "static")]
+    runs.append(sample_codes(prior, 7, generator=torch.Generator().manual_seed(4), use_cache=False, **common))
+    for other in runs[1:]:
+        assert torch.equal(runs[0], other)
+
+
+def test_sample_i_is_the_same_in_batches_of_1_7_and_64():
+    prior = tiny_prior()
+    labels = torch.arange(64) % 3
+    gens = lambda idx: [torch.Generator().manual_seed(1000 + i) for i in idx]  # noqa: E731
+    full = sample_codes(prior, 64, class_labels=labels, generator=gens(range(64)), guidance_scale=2.0)
+    seven = sample_codes(prior, 7, class_labels=labels[10:17], generator=gens(range(10, 17)), guidance_scale=2.0)
+    one = sample_codes(prior, 1, class_labels=labels[40:41], generator=gens([40]), guidance_scale=2.0)
+    assert torch.equal(full[10:17], seven) and torch.equal(full[40:41], one)
+    assert len({tuple(c.flatten().tolist()) for c in full}) > 32  # and the samples differ from one another
+
+
+@pytest.mark.parametrize("num_samples", [1, 16])
+def test_no_random_number_call_inside_the_token_loop(monkeypatch, num_samples):
+    calls = []
+    for name in ("rand", "randn", "randint", "multinomial", "bernoulli"):
+        original = getattr(torch, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, counting)
+    prior = tiny_prior()
+    sample_codes(prior, num_samples, generator=torch.Generator().manual_seed(0))
+    assert calls == ["randint"]  # the keys, once, for 9 tokens and any batch size
+    calls.clear()
+    sample_codes(prior, num_samples, generator=[torch.Generator().manual_seed(i) for i in range(num_samples)])
+    assert calls == ["randint"] * num_samples  # one key per sample, still none per token
+
+
+def _chi2_critical(dof: int, z: float = 3.09) -> float:
+    """Wilson-Hilferty: the chi-squared quantile at the normal quantile z (3.09: p = 0.001)."""
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 4, None), (1.3, None, 0.8),
+                                                       (1.0, 5, 0.9)])
+def test_draws_follow_the_exact_filtered_probabilities(temperature, top_k, top_p):
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0]])
+    filtered = filter_logits(logits, temperature, top_k, top_p)
+    probs = filtered.softmax(-1)[0].double()
+    n = 40_000
+    keys = randomness.sample_keys(n, torch.Generator().manual_seed(123))
+    tokens = draw(filtered.expand(n, -1), keys, position=5)
+    counts = torch.bincount(tokens, minlength=8).double()
+    assert counts[probs == 0].sum() == 0  # never a filtered-out token
+    kept = probs > 0
+    expected = n * probs[kept]
+    chi2 = ((counts[kept] - expected) ** 2 / expected).sum().item()
+    assert chi2 < _chi2_critical(int(kept.sum()) - 1), (counts, expected)
+
+
+def test_uniforms_are_uniform_and_independent_across_positions():
+    keys = randomness.sample_keys(50_000, torch.Generator().manual_seed(7))
+    u, v = randomness.uniforms(keys, 0), randomness.uniforms(keys, 1)
+    assert 0 <= u.min() and u.max() < 1
+    counts = torch.histc(u, 20, 0, 1).double()
+    assert ((counts - 2500) ** 2 / 2500).sum() < _chi2_critical(19)
+    assert abs(torch.corrcoef(torch.stack([u, v]))[0, 1]) < 0.02
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=math.inf), dict(temperature=math.nan), dict(top_k=2.5),
+                                 dict(top_k=True), dict(top_p=math.nan), dict(guidance_scale=math.inf),
+                                 dict(guidance_scale=math.nan), dict(cache_implementation="paged"),
+                                 dict(class_labels=[0.5, 1.0])])
+def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
+    prior = tiny_prior()
+    monkeypatch.setattr(prior, "forward", lambda *a, **k: pytest.fail("the prior ran"))
+    kwargs = {"class_labels": [0, 1], **bad}
+    with pytest.raises(ValueError):
+        sample_codes(prior, 2, **kwargs)
+    with pytest.raises(ValueError):
+        sample_codes(prior, 2.0)
+
+
+@pytest.mark.slow
+def test_the_compiled_static_path_gives_the_same_codes():
+    prior = tiny_prior()
+    eager = sample_codes(prior, 4, class_labels=[0, 1, 2, 0], generator=torch.Generator().manual_seed(1),
+                         cache_implementation="static")
+    compiled = sample_codes(prior, 4, class_labels=[0, 1, 2, 0], generator=torch.Generator().manual_seed(1),
+                            cache_implementation="static", compile=True)
+    assert torch.equal(eager, compiled)
