@@ -146,23 +146,26 @@ def quantizer_input(s: dict, device: torch.device) -> tuple[torch.Tensor, torch.
 
 
 def quantizer_settings(config: VQVAEConfig, z: torch.Tensor, init: str) -> dict:
+    vq = config.quantizer  # the default VQVAEConfig's VectorQuantizerConfig
     return {"dim": config.code_dim,
-            "codebook_size": config.codebook_size, "ema_decay": config.ema_decay,
-            "dead_code_threshold": config.dead_code_threshold, "commitment_weight": config.beta, "init": init,
+            "codebook_size": vq.codebook_size, "ema_decay": vq.ema_decay,
+            "dead_code_threshold": vq.dead_code_threshold, "commitment_weight": vq.beta, "init": init,
             "input": "b d h w = " + "x".join(map(str, z.shape)), "gradient": "straight-through",
             "loss backpropagated": "sum(quantized * fixed random tensor) + commitment loss"}
 
 
 def build_quantizer_ours(s: dict, device: torch.device, args: argparse.Namespace):
     z, upstream, config = quantizer_input(s, device)
-    quantizer = VectorQuantizer(config.codebook_size, config.code_dim, beta=config.beta, ema_decay=config.ema_decay,
-                                dead_code_threshold=config.dead_code_threshold, init=args.quantizer_init).to(device)
+    vq = config.quantizer
+    quantizer = VectorQuantizer(vq.codebook_size, config.code_dim, beta=vq.beta, ema_decay=vq.ema_decay,
+                                dead_code_threshold=vq.dead_code_threshold, init=args.quantizer_init,
+                                l2_normalize=vq.l2_normalize).to(device)
     quantizer.train()
 
     def step() -> None:
         z.grad = None
         out = quantizer(z)
-        ((out.quantized * upstream).sum() + out.commitment_loss).backward()
+        ((out.quantized * upstream).sum() + out.losses["commitment_loss"]).backward()
 
     return step, z.shape[0] * z.shape[2] * z.shape[3], "vector", quantizer_settings(config, z, args.quantizer_init)
 
@@ -172,9 +175,10 @@ def build_quantizer_reference(s: dict, device: torch.device, args: argparse.Name
     if VectorQuantize is None:
         raise ImportError(error)
     z, upstream, config = quantizer_input(s, device)
+    vq = config.quantizer
     quantizer = VectorQuantize(
-        dim=config.code_dim, codebook_size=config.codebook_size, decay=config.ema_decay,
-        commitment_weight=config.beta, threshold_ema_dead_code=config.dead_code_threshold,
+        dim=config.code_dim, codebook_size=vq.codebook_size, decay=vq.ema_decay,
+        commitment_weight=vq.beta, threshold_ema_dead_code=vq.dead_code_threshold, use_cosine_sim=vq.l2_normalize,
         kmeans_init=args.quantizer_init == "kmeans", kmeans_iters=10,
         accept_image_fmap=True,  # takes b d h w like ours, so both do the same layout change
         rotation_trick=False,  # its default (True for dim > 1) replaces the straight-through gradient we use
@@ -188,7 +192,7 @@ def build_quantizer_reference(s: dict, device: torch.device, args: argparse.Name
 
     details = {**quantizer_settings(config, z, args.quantizer_init), "version": reference_version(),
                "constructor": "VectorQuantize(dim, codebook_size, decay, commitment_weight, threshold_ema_dead_code, "
-                              "kmeans_init, kmeans_iters=10, accept_image_fmap=True, rotation_trick=False)"}
+                              "use_cosine_sim, kmeans_init, kmeans_iters=10, accept_image_fmap=True, rotation_trick=False)"}
     return step, z.shape[0] * z.shape[2] * z.shape[3], "vector", details
 
 

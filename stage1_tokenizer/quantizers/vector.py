@@ -42,6 +42,55 @@ def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     )
 
 
+# The n x K distance block of the nearest-code search is bounded: at 16,384 codes one batch of 6,272
+# vectors would otherwise need a 400 MB matrix. On a CPU, blocks that fit the L2/L3 cache are also the
+# fastest (the argmin then reads the block from cache: 3x faster than one 400 MB matrix at 16,384 codes,
+# and no slower at 512); on an accelerator, larger blocks keep the kernel launches few.
+BLOCK_BYTES_CPU = 2 * 2**20
+BLOCK_BYTES_ACCELERATOR = 64 * 2**20
+
+
+def nearest_codes(x: torch.Tensor, codebook: torch.Tensor, max_block_bytes: int | None = None) -> torch.Tensor:
+    """`n d, k d -> n`: the index of the codebook row nearest (squared Euclidean) to each row of x.
+
+    argmin_k ||x - e_k||^2 = argmin_k (||e_k||^2 - 2 x.e_k): the ||x||^2 term does not change the
+    argmin and is left out. Rows of x are taken in blocks so that the `rows k` distance block stays
+    under `max_block_bytes` (default: `BLOCK_BYTES_CPU` on a CPU, `BLOCK_BYTES_ACCELERATOR` elsewhere),
+    every block written into one reused buffer (a fresh allocation per block would, on a CPU, page-fault
+    the whole n x K matrix in again on every call). Not differentiable: codes are integers.
+
+    It is one custom operator (`vqgen::nearest_codes`), so torch.compile keeps it whole inside its
+    graph and runs this same implementation: compiled, the unrolled block loop would be fused into one
+    slow generated argmin kernel on a CPU (70x slower at 16,384 codes).
+    """
+    if max_block_bytes is None:
+        max_block_bytes = BLOCK_BYTES_CPU if x.device.type == "cpu" else BLOCK_BYTES_ACCELERATOR
+    with torch.no_grad():
+        return _nearest_codes(x, codebook, max_block_bytes)
+
+
+@torch.library.custom_op("vqgen::nearest_codes", mutates_args=())
+def _nearest_codes(x: torch.Tensor, codebook: torch.Tensor, max_block_bytes: int) -> torch.Tensor:
+    n, k = x.shape[0], codebook.shape[0]
+    rows = max(1, max_block_bytes // (k * x.element_size()))
+    norms, codebook_t = codebook.pow(2).sum(1)[None, :], codebook.t()
+    if n <= rows:
+        return torch.addmm(norms, x, codebook_t, alpha=-2.0).argmin(1)
+    scores = x.new_empty(rows, k)
+    codes = torch.empty(n, dtype=torch.long, device=x.device)
+    for start in range(0, n, rows):
+        block = x[start : start + rows]
+        out = scores[: block.shape[0]]
+        torch.addmm(norms, block, codebook_t, alpha=-2.0, out=out)
+        torch.argmin(out, dim=1, out=codes[start : start + block.shape[0]])
+    return codes
+
+
+@_nearest_codes.register_fake
+def _(x: torch.Tensor, codebook: torch.Tensor, max_block_bytes: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], dtype=torch.long)
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ seeding on `n d` vectors; returns (`k d` centroids, `k` cluster sizes)."""
     # k-means++: each new seed is drawn with probability proportional to its squared distance to the
@@ -57,7 +106,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator 
         nearest = torch.minimum(nearest, squared_distances(x, centroids[j : j + 1]).squeeze(1).clamp_min(0))
     sizes = torch.zeros(k, device=x.device, dtype=x.dtype)
     for _ in range(iters):
-        assign = squared_distances(x, centroids).argmin(1)
+        assign = nearest_codes(x, centroids)  # in blocks: k-means at 16,384 codes stays memory-light too
         sizes = torch.bincount(assign, minlength=k).to(x.dtype)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         # An empty cluster keeps its centroid rather than collapsing to zero.
@@ -85,6 +134,15 @@ class VectorQuantizer(Quantizer):
     Under several processes the counts and sums are all-reduced and initialisation/restarts are
     decided on rank 0 and broadcast, so every process holds the same codebook. The quantiser always
     runs in float32, whatever the autocast context.
+
+    Compiling: after its one-off data-driven initialisation (`initialize_`, which the first training
+    call runs eagerly), a training or evaluation forward is one graph with no host synchronisation,
+    so `torch.compile(quantizer, fullgraph=True)` works once the quantiser is initialised (call
+    `initialize_(z)` or run one training step first; without `fullgraph` the first call simply runs
+    the initialisation eagerly). Dead-code restarts are branch-free: every training step draws one
+    random batch row per code (`codebook_size` draws from the generator of the input's device,
+    whether or not any code is dead) and every process broadcasts the candidates from rank 0; the
+    codes below the threshold take theirs.
     """
 
     type: ClassVar[str] = "vq"
@@ -125,6 +183,10 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
         if ema_decay is not None:
             self.register_buffer("embed_sum", torch.zeros(codebook_size, dim))
+        # A host-side copy of `initialized`, so that forward never reads a device tensor to decide
+        # whether to initialise (a graph break under torch.compile, a device sync on a GPU). It
+        # follows the buffer through `initialize_` and `load_state_dict`.
+        self._initialized = init == "random"
 
     @property
     def codebook_size(self) -> int:
@@ -138,6 +200,14 @@ class VectorQuantizer(Quantizer):
         """The `K d` vectors the decoder actually receives."""
         return self._normalize(self.codebook)
 
+    def _flatten(self, z: torch.Tensor) -> torch.Tensor:
+        """`b d h w` -> the `(b h w) d` vectors the codes are compared with (l2-normalised if so configured)."""
+        return self._normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+
+    def _nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """`n d` (already flattened/normalised) -> `n` codes: the one search `nearest` and forward share."""
+        return nearest_codes(flat.detach(), self.codes.detach())
+
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """`b h w` long -> `b d h w` codebook vectors."""
         codes = check_codes(codes, self.codebook_size).to(self.codebook.device)
@@ -147,26 +217,38 @@ class VectorQuantizer(Quantizer):
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """`b d h w -> b h w` indices of the nearest codes, with no side effects on the codebook."""
         b, _, h, w = z.shape
-        flat = self._normalize(rearrange(z.float(), "b d h w -> (b h w) d"))
-        codes = squared_distances(flat, self.codes).argmin(1)
-        return rearrange(codes, "(b h w) -> b h w", b=b, h=h, w=w)
+        return self._nearest(self._flatten(z.float())).reshape(b, h, w)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        if self.training and not self._initialized:
+            self.initialize_(z)  # once, eagerly; a compiled forward sees `_initialized` as a constant
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self._quantize(z.float())
 
+    @torch.compiler.disable
+    @torch.no_grad()
+    def initialize_(self, z: torch.Tensor) -> None:
+        """Data-driven codebook initialisation from the latents `z: b d h w` (k-means or random rows).
+
+        The first training forward calls it; call it yourself before compiling with `fullgraph=True`.
+        Every process must call it together (it broadcasts rank 0's codebook).
+        """
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            self._initialize(self._flatten(z.float()))
+
     def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
         b, _, h, w = z.shape
-        flat = self._normalize(rearrange(z, "b d h w -> (b h w) d"))
-        if self.training and not bool(self.initialized):
-            self._initialize(flat.detach())
-
-        codes = squared_distances(flat.detach(), self.codes.detach()).argmin(1)
-        quantized = F.embedding(codes, self.codes)
-        codebook_loss = F.mse_loss(quantized, flat.detach())
+        flat = self._flatten(z)
+        codebook = self.codes
+        codes = self._nearest(flat)
+        quantized = F.embedding(codes, codebook)
         commitment_loss = self.beta * F.mse_loss(flat, quantized.detach())
 
-        counts = all_reduce_sum_(torch.bincount(codes, minlength=self.codebook_size).float())
+        # Counts by index_add_ rather than bincount: bincount's output shape depends on the data,
+        # which torch.compile cannot put in a graph.
+        ones = torch.ones(codes.shape[0], device=codes.device, dtype=torch.float32)
+        counts = torch.zeros(self.codebook_size, device=codes.device, dtype=torch.float32)
+        counts = all_reduce_sum_(counts.index_add_(0, codes, ones))
         if self.training:
             self._update(flat.detach(), codes, counts)
 
@@ -174,13 +256,18 @@ class VectorQuantizer(Quantizer):
         # Under EMA the codebook moves by averaging, so its term would only add a constant to the loss.
         losses = {"commitment_loss": commitment_loss}
         if self.ema_decay is None:
-            losses["codebook_loss"] = codebook_loss
+            losses["codebook_loss"] = F.mse_loss(quantized, flat.detach())
         return QuantizerOutput(
-            quantized=rearrange(straight_through, "(b h w) d -> b d h w", b=b, h=h, w=w),
-            codes=rearrange(codes, "(b h w) -> b h w", b=b, h=h, w=w),
+            quantized=straight_through.reshape(b, h, w, -1).permute(0, 3, 1, 2),
+            codes=codes.reshape(b, h, w),
             counts=counts,
             losses=losses,
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not self.initialized.is_meta:
+            self._initialized = bool(self.initialized)
 
     @torch.no_grad()
     def _initialize(self, flat: torch.Tensor) -> None:
@@ -196,6 +283,7 @@ class VectorQuantizer(Quantizer):
         if self.ema_decay is not None:
             self.embed_sum.copy_(self.codebook.data * self.cluster_size[:, None])
         self.initialized.fill_(True)
+        self._initialized = True
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
@@ -206,22 +294,29 @@ class VectorQuantizer(Quantizer):
             self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
             n = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
-            self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
-        self._restart_dead_codes(flat)
+            codebook = self.embed_sum / smoothed[:, None]
+        else:
+            codebook = None
+        if self.dead_code_threshold > 0:
+            codebook = self._restart_dead_codes(flat, self.codebook.data if codebook is None else codebook)
+        if codebook is not None:
+            # through .data: the version counter of a gradient-learned codebook is left alone
+            self.codebook.data.copy_(codebook)
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
-        if self.dead_code_threshold <= 0:
-            return
-        # cluster_size is identical on every rank (built from all-reduced counts), so every rank takes
-        # this branch together and the broadcast below is reached by all of them.
-        dead = self.cluster_size < self.dead_code_threshold
-        num_dead = int(dead.sum())
-        if num_dead == 0:
-            return
-        idx = torch.randint(0, flat.shape[0], (num_dead,)).to(flat.device)
-        replacement = broadcast_(flat[idx].contiguous())
-        self.codebook.data[dead] = replacement
-        self.cluster_size[dead] = self.dead_code_threshold
+    def _restart_dead_codes(self, flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """`codebook` with every code whose EMA count fell below the threshold replaced by a random row of `flat`.
+
+        Branch-free, so it compiles into the step's graph and never reads a device value on the host:
+        one candidate row is drawn for every code (`codebook_size` draws, every step, whether or not a
+        code is dead) and rank 0's candidates are broadcast; `torch.where` keeps the live codes. Every
+        rank therefore reaches the same broadcast every step, and the random stream advances by the
+        same amount every step (a resumed run draws the same indices).
+        """
+        dead = self.cluster_size < self.dead_code_threshold  # identical on every rank: all-reduced counts
+        idx = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
+        candidates = broadcast_(flat[idx])
+        self.cluster_size.masked_fill_(dead, self.dead_code_threshold)
         if self.ema_decay is not None:
-            self.embed_sum[dead] = replacement * self.dead_code_threshold
+            self.embed_sum.copy_(torch.where(dead[:, None], candidates * self.dead_code_threshold, self.embed_sum))
+        return torch.where(dead[:, None], candidates, codebook)
