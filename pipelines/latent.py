@@ -107,10 +107,10 @@ def pick(spec: str, model: GenerativeModel, *indices: int) -> tuple[torch.Tensor
 
 
 def default_label(model: GenerativeModel, given: str | None, labels: torch.Tensor | None) -> int | str | None:
-    """--label as typed (a class name or id, parsed by `resolve_labels`), else the dataset's label for a
-    class-conditional model (None when the dataset has no labels)."""
+    """--label (a number is a class id, as in vqgen 0.1, anything else a class name), else the dataset's
+    label for a class-conditional model (None when the dataset has no labels)."""
     if given is not None:
-        return given
+        return int(given) if given.lstrip("-").isdigit() else given
     return int(labels[0]) if model.class_names and labels is not None else None
 
 

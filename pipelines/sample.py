@@ -63,12 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cycled_labels(class_labels: list[str] | None, num_samples: int) -> list[str] | None:
+def cycled_labels(class_labels: list[str] | None, num_samples: int) -> list[int | str] | None:
     """Command-line labels (class ids or names, parsed by `resolve_labels`), repeated over the samples:
     `0 1 2` -> 0 1 2 0 1 2 ..."""
     if class_labels is None:
         return None
-    return [class_labels[i % len(class_labels)] for i in range(num_samples)]
+    # On the command line a number is a class id (as in vqgen 0.1), anything else a class name.
+    values = [int(v) if v.lstrip("-").isdigit() else v for v in class_labels]
+    return [values[i % len(values)] for i in range(num_samples)]
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:

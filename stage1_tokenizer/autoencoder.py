@@ -9,6 +9,7 @@ from vqgen.pretrained import PretrainedModel
 
 
 class Autoencoder(PretrainedModel):
+    package = "stage1_tokenizer"
     is_discrete = False  # tokenize, detokenize, codebook_size, grid_shape
     has_elbo = False  # encode gives q(z|x); decode_logits, log_likelihood and negative_elbo apply
     can_sample = False  # sampling_settings and sample_batch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vqgen.cli import option
 
@@ -43,6 +43,8 @@ class VQVAEConfig(AutoencoderConfig):
 
     code_dim: int = option(64, "latent channels the encoder hands to the quantiser")
     quantizer: Any = field(default_factory=VectorQuantizerConfig)
+
+    format_version: ClassVar[int] = 2  # 2: the quantiser's settings moved into the `quantizer` sub-config
 
     def __post_init__(self) -> None:
         super().__post_init__()

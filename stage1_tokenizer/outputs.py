@@ -19,4 +19,3 @@ class AutoencoderOutput:
     posterior: GaussianPosterior | None = None  # q(z|x) (VAE/CVAE)
     quantizer_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted quantiser terms (VQ)
     codes: torch.Tensor | None = None  # b h w (VQ-VAE)
-    code_counts: torch.Tensor | None = None  # K, this batch, summed over processes (VQ-VAE)

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, option, parse_arguments
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, import_plugins, flag_name, option, parse_arguments
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
@@ -56,7 +56,7 @@ class Stage1Arguments:
     dataset: str = option(DEFAULT_DATASET, "'embedded' (5,000 MNIST digits shipped with the install), a folder of MNIST "
                                            "IDX files, an imagefolder tree, or a Hub dataset id such as ylecun/mnist")
     image_size: int | None = option(None, "resize images to this side (default: the dataset's)")
-    channels_in: int | None = option(None, "convert images to 1 or 3 channels")
+    channels_in: int | None = option(None, "convert images to 1 or 3 channels", choices=lambda: [1, 3])
     quantizer: str = option("vq", "the VQ-VAE's quantiser", choices=lambda: sorted(QUANTIZERS))
     extra_losses: list[str] = option(default_factory=list, help="losses added to the model's own",
                                      choices=lambda: sorted(LOSSES))
@@ -65,6 +65,7 @@ class Stage1Arguments:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import_plugins(argv)
     p = argparse.ArgumentParser(
         prog="accelerate launch -m stage1_tokenizer.train",
         description="Train a VQ-VAE tokenizer, or a VAE/CVAE baseline, on an image dataset.",
@@ -87,9 +88,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     args = parse_arguments(p, argv)
     check_training_args(p, args)
+    # A VQ-VAE given the options of a quantiser it does not use would silently ignore them: refuse.
+    # (The VAE family has ignored the VQ options since vqgen 0.1, and still does.)
+    for name, quantizer in QUANTIZERS.items():
+        changed = [f"--{flag_name(f)}" for f in dataclasses.fields(quantizer.config_class)
+                   if f.name != "type" and getattr(args, flag_name(f)) != _field_default(f)]
+        if changed and args.model == "vqvae" and name != args.quantizer:
+            p.error(f"{', '.join(changed)} set(s) the {name!r} quantiser, but this run uses --quantizer {args.quantizer}")
+    if args.model != "vqvae" and args.quantizer != "vq":
+        p.error(f"--quantizer {args.quantizer} is for --model vqvae; a {args.model} has no quantiser")
+    for name in args.extra_losses:
+        if args.model not in LOSSES[name].models:
+            p.error(f"--extra_losses {name} applies to {sorted(LOSSES[name].models)}, not --model {args.model}")
     if args.binarize and (args.model == "vqvae" or args.likelihood != "bernoulli"):
         p.error("--binarize is for the VAE family with --likelihood bernoulli (a binary image needs a binary likelihood)")
     return args
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def _base_fields() -> tuple[str, ...]:
@@ -126,25 +143,29 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loss_fn: LossSum,
     """Test-split metrics, combined over processes: MSE, PSNR, the loss terms, usage/perplexity for VQ."""
     unwrapped = accelerator.unwrap_model(model)
     model.eval()
+    loss_fn.eval()  # a loss with dropout or batch statistics of its own must not change while scoring
     sums: dict[str, float] = {}
     per_image_mse, all_codes = [], []
-    count = 0
+    local_count = 0
     for batch in loader:
         images, labels = batch_to_inputs(batch, binarize)
         out = model(images, labels)
         terms = loss_fn(out, images, step)
         recon = unwrapped.reconstruct(images, labels)
-        mse = accelerator.gather_for_metrics((recon.float() - images.float()).pow(2).flatten(1).mean(1))
-        per_image_mse.append(mse)
-        n = mse.shape[0]
+        per_image_mse.append(accelerator.gather_for_metrics((recon.float() - images.float()).pow(2).flatten(1).mean(1)))
         for name, value in terms.floats().items():
-            sums[name] = sums.get(name, 0.0) + value * n
-        count += n
+            sums[name] = sums.get(name, 0.0) + value * images.shape[0]
+        local_count += images.shape[0]
         if out.codes is not None:
             all_codes.append(accelerator.gather_for_metrics(out.codes))
     model.train()
+    loss_fn.train()
+    # the loss terms are per-process batch means: weight them by images and sum over processes
+    names = sorted(sums)
+    totals = accelerator.reduce(torch.tensor([sums[k] for k in names] + [float(local_count)], device=accelerator.device,
+                                             dtype=torch.float64), reduction="sum").tolist()
+    metrics = {f"test/{k}": v / totals[-1] for k, v in zip(names, totals[:-1])}
     mse = torch.cat(per_image_mse)
-    metrics = {f"test/{k}": v / count for k, v in sums.items()}
     metrics["test/mse"] = mse.mean().item()
     metrics["test/psnr"] = psnr_from_mse(mse).mean().item()
     if all_codes:
@@ -203,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = model(images, labels)
             terms = loss_fn(out, images, step)
             optimizer_step(accelerator, state, terms.loss, args.max_grad_norm)
-            auxiliary_step(accelerator, state, loss_fn.auxiliary_loss(out, images, step), args.max_grad_norm)
+            auxiliary_step(accelerator, state, lambda: loss_fn.auxiliary_loss(out, images, step), step,
+                           args.max_grad_norm)
         if not accelerator.sync_gradients:
             continue
         step += 1
@@ -229,8 +251,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(time.time() - start, 1)}
     # Every process contributes one row, so this both proves who took part and checks that their
-    # weights, buffers included (a VQ codebook and its EMA statistics), agree.
-    flat = torch.cat([t.detach().float().flatten() for t in unwrapped.state_dict().values()])
+    # weights, buffers included (a VQ codebook and its EMA statistics, a loss's own parameters), agree.
+    states = [*unwrapped.state_dict().values(), *loss_fn.state_dict().values()]
+    flat = torch.cat([t.detach().float().flatten() for t in states])
     rows = accelerator.gather(flat[None])
     summary["processes_seen"] = rows.shape[0]
     summary["weights_max_abs_diff_across_processes"] = (rows - rows[:1]).abs().max().item()

@@ -32,6 +32,8 @@ class VAE(Autoencoder):
     default_loss = "elbo"
 
     def __init__(self, config: VAEConfig | None = None, **kwargs: Any) -> None:
+        if config is not None and kwargs:
+            raise TypeError(f"pass a {self.config_class.__name__} or keyword options, not both (got {sorted(kwargs)})")
         config = config or self.config_class(**kwargs)
         super().__init__(config)
         c, g = config.channels, config.latent_size

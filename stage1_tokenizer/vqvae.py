@@ -27,6 +27,8 @@ class VQVAE(Autoencoder):
     default_loss = "vq"
 
     def __init__(self, config: VQVAEConfig | None = None, **kwargs: Any) -> None:
+        if config is not None and kwargs:
+            raise TypeError(f"pass a VQVAEConfig or keyword options, not both (got {sorted(kwargs)} beside the config)")
         # VQVAE(codebook_size=...) keeps working: flat VQ settings go into the quantiser sub-config.
         config = config or VQVAEConfig(**VQVAEConfig.upgrade(kwargs, format_version=1))
         super().__init__(config)
@@ -53,7 +55,7 @@ class VQVAE(Autoencoder):
         q = self.quantizer(self.encode(images))
         decoded = self.decoder(q.quantized)
         return AutoencoderOutput(reconstruction=decoded.clamp(0, 1), decoded=decoded, quantizer_losses=q.losses,
-                                 codes=q.codes, code_counts=q.counts)
+                                 codes=q.codes)
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:

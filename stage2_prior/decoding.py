@@ -11,7 +11,6 @@ Four paths give the same logits (and so, with the counter-based draws, the same 
 
 from __future__ import annotations
 
-import weakref
 from typing import Literal
 
 import torch
@@ -21,12 +20,11 @@ from transformers.cache_utils import DynamicLayer
 CacheImplementation = Literal["preallocated", "static", "dynamic", "uncached"]
 CACHE_IMPLEMENTATIONS = ("preallocated", "static", "dynamic", "uncached")
 
-# One compiled step per prior (and mode), kept while the prior lives, so repeated calls reuse the graph.
-_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def compiled_forward(prior: PreTrainedModel, mode: str | None = None):
-    per_prior = _compiled.setdefault(prior, {})
+    """One compiled step per prior (and mode), so repeated calls reuse the graph. It is kept in a plain
+    dict on the prior itself (not a submodule: it must not enter the state dict), so it lives and dies
+    with the prior."""
+    per_prior = prior.__dict__.setdefault("_vqgen_compiled_forward", {})
     if mode not in per_prior:
         per_prior[mode] = torch.compile(prior, dynamic=False, fullgraph=False, mode=mode)
     return per_prior[mode]
@@ -79,7 +77,7 @@ class Decoder:
             raise ValueError(f"cache must be one of {CACHE_IMPLEMENTATIONS}, got {cache!r}")
         if compile and cache != "static":
             raise ValueError("compile=True needs cache='static': only fixed shapes compile to one graph")
-        self.prior, self.kind = prior, cache
+        self.prior = prior
         self.forward = compiled_forward(prior, "reduce-overhead" if _on_cuda(prior) else None) if compile else prior
         self.cache = (StaticCache(config=prior.config, max_cache_len=max_length) if cache == "static"
                       else DynamicCache(config=prior.config) if cache == "dynamic"

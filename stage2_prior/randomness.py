@@ -50,8 +50,18 @@ def sample_keys(num_samples: int, generator: Generators = None, device: torch.de
     return keys.to(device)
 
 
+def hash32_int(x: int) -> int:
+    """`hash32` of one Python int (the position's share, mixed on the host: nothing is copied to the device)."""
+    x &= MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
+
+
 def uniforms(keys: torch.Tensor, position: int) -> torch.Tensor:
     """`b` int64 keys -> `b` float32 uniforms in [0, 1) for token `position` (24 bits: exact in float32)."""
-    counter = hash32(torch.tensor(position + 0x9E3779B9, dtype=torch.int64))
-    mixed = hash32((keys & MASK32) ^ hash32(((keys >> 32) & MASK32) ^ counter.to(keys.device)))
+    counter = hash32_int(position + 0x9E3779B9)
+    mixed = hash32((keys & MASK32) ^ hash32(((keys >> 32) & MASK32) ^ counter))
     return (mixed >> 8).to(torch.float32) / float(2**24)

@@ -1,5 +1,5 @@
 """Sampling code grids from a prior: temperature, top-k, top-p, classifier-free guidance, counter-based
-randomness, and a static or dynamic KV cache (`decoding.py`)."""
+randomness, and a preallocated, dynamic or static KV cache (`decoding.py`)."""
 
 from __future__ import annotations
 
@@ -101,9 +101,10 @@ def sample_codes(
     from it; token j of sample i then uses the counter-based uniform hash(key_i, j), computed on
     the prior's device (`stage2_prior.randomness`).
 
-    Decoding: `cache_implementation="dynamic"` (transformers' DynamicCache) or "static" (a
-    StaticCache sized for the sequence; `compile=True` compiles its one-token step). All paths give
-    the same codes in float32. `use_cache=False` recomputes the whole prefix every step (only for
+    Decoding: `cache_implementation="preallocated"` (the default: transformers' cache API over
+    buffers sized for the sequence, no per-step concatenation), "dynamic" (transformers'
+    DynamicCache, the reference) or "static" (a StaticCache; `compile=True` compiles its one-token
+    step). All paths give the same codes in float32. `use_cache=False` recomputes the whole prefix every step (only for
     measuring what the cache saves).
     """
     spec = prior_spec(prior)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
 from vqgen.checkpointing import isolated_rng
-from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, option, parse_arguments
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, import_plugins, option, parse_arguments
 from vqgen.data import DEFAULT_DATASET, class_names
 from vqgen.image_grid import class_grid_labels, save_image_grid
 from vqgen.training import (add_training_args, check_training_args, finish_step, make_accelerator,
@@ -53,7 +53,7 @@ class PriorDataArguments:
 
 @dataclass
 class PriorModelArguments:
-    """The prior's shape; `build_prior` takes these as keywords."""
+    """The prior's shape on the command line, passed to `build_prior` as keywords."""
 
     architecture: str = option("gpt2", "transformers model family (stage2_prior.architectures)",
                                choices=lambda: sorted(ARCHITECTURES))
@@ -64,6 +64,7 @@ class PriorModelArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import_plugins(argv)
     p = argparse.ArgumentParser(
         prog="accelerate launch -m stage2_prior.train",
         description="Train an autoregressive prior (a transformers causal LM) over a VQ-VAE's codes.",

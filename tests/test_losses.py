@@ -1,39 +1,24 @@
 """The loss seam: a loss chosen by name, with parameters and an optimizer of its own, is trained,
 checkpointed and resumed bit-identically by the unchanged training script, and never saved in the model."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
-from stage1_tokenizer import LOSSES, VQVAE, LossTerms, TrainingLoss, build_loss
+import toy_critic_plugin
+from stage1_tokenizer import VQVAE, build_loss
 from stage1_tokenizer.train import main as train
+from two_processes import launch_two_cpu_processes
 
 TINY = ["--channels", "8", "--num_res_blocks", "1", "--codebook_size", "32", "--code_dim", "4", "--batch_size", "16",
         "--max_train_samples", "128", "--max_eval_samples", "64", "--eval_batch_size", "32", "--warmup_steps", "0"]
 
 
-class ToyCritic(TrainingLoss):
-    """A one-parameter critic: the model is pushed by a term that depends on it, and it is trained on its own loss."""
-
-    name = "toy_critic"
-    learning_rate = 0.05
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(1))
-
-    def forward(self, output, images, step):
-        term = 0.1 * (self.scale * output.decoded.mean()).pow(2).sum()
-        return LossTerms(term, {"toy_term": term})
-
-    def auxiliary_loss(self, output, images, step):
-        return (self.scale * output.decoded.detach().mean() - 2 * images.mean()).pow(2).sum()
-
-
 @pytest.fixture
-def toy_loss(monkeypatch):
-    monkeypatch.setitem(LOSSES, ToyCritic.name, ToyCritic)
+def toy_loss():
+    return toy_critic_plugin.ToyCritic
 
 
 def test_losses_are_summed_and_their_terms_named(toy_loss):
@@ -50,7 +35,7 @@ def test_losses_are_summed_and_their_terms_named(toy_loss):
 
 
 def test_a_loss_with_its_own_optimizer_is_checkpointed_and_resumes_bit_identically(tmp_path, toy_loss):
-    common = ["--model", "vqvae", "--extra_losses", "toy_critic", "--lr_scheduler", "constant", "--eval_steps", "1000",
+    common = ["--model", "vqvae", "--plugins", "toy_critic_plugin", "--extra_losses", "toy_critic", "--lr_scheduler", "constant", "--eval_steps", "1000",
               "--seed", "3", *TINY]
     train([*common, "--output_dir", str(tmp_path / "straight"), "--max_steps", "6", "--checkpointing_steps", "6"])
     train([*common, "--output_dir", str(tmp_path / "split"), "--max_steps", "3", "--checkpointing_steps", "3"])
@@ -70,3 +55,26 @@ def test_a_loss_with_its_own_optimizer_is_checkpointed_and_resumes_bit_identical
     # the saved tokenizer holds exactly the tokenizer's weights
     saved = load_file(tmp_path / "straight" / "model.safetensors")
     assert set(saved) == set(VQVAE(channels=8, num_res_blocks=1, codebook_size=32, code_dim=4).state_dict())
+
+
+def test_a_loss_with_its_own_optimizer_under_two_processes_and_gradient_accumulation(tmp_path):
+    result = launch_two_cpu_processes(
+        "stage1_tokenizer.train", "--model", "vqvae", "--plugins", "tests.toy_critic_plugin", "--extra_losses",
+        "toy_critic", "--gradient_accumulation_steps", "2", "--max_steps", "4", "--eval_steps", "4",
+        "--checkpointing_steps", "4", "--output_dir", str(tmp_path), *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    # model and critic weights identical on both processes: the critic's gradients were averaged
+    assert summary["processes_seen"] == 2 and summary["weights_max_abs_diff_across_processes"] == 0.0
+    critic = load_file(tmp_path / "checkpoints/checkpoint-4/model_1.safetensors")
+    assert not torch.equal(next(iter(critic.values())), torch.ones(1))
+    assert "test/toy_term" in summary
+
+
+def test_losses_refuse_models_whose_output_they_do_not_understand():
+    from stage1_tokenizer import VAE
+
+    with pytest.raises(ValueError, match="do not apply"):
+        build_loss(VQVAE(channels=8, num_res_blocks=1), ["elbo"])
+    with pytest.raises(ValueError, match="do not apply"):
+        build_loss(VAE(channels=8, num_res_blocks=1), ["vq"])

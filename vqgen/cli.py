@@ -1,7 +1,7 @@
 """Command lines built from config dataclasses, so each default and each help text is written once.
 
-A field becomes `--name` (or `--<metadata["flag"]>`); its comment-free help comes from
-`metadata["help"]`. bool fields are switches (`--x` / `--no_x`), `Literal` fields get choices,
+A field becomes `--name` (or `--<metadata["flag"]>`); its help comes from `metadata["help"]`.
+bool fields are switches (`--x` / `--no-x`), `Literal` fields get choices,
 `list[int]` fields take several values, `X | None` accepts `none`. `--config FILE` (YAML or JSON)
 gives values for any flag; flags on the command line win.
 """
@@ -98,16 +98,58 @@ def read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+def config_file_tokens(parser: argparse.ArgumentParser, data: dict[str, Any], source: str) -> list[str]:
+    """The file's values as command-line tokens, so argparse checks their types and choices as for flags."""
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = sorted(set(data) - set(actions))
+    if unknown:
+        parser.error(f"--config {source} has unknown option(s) {unknown}; see --help for the names")
+    tokens: list[str] = []
+    for name, value in data.items():
+        action, flag = actions[name], actions[name].option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                parser.error(f"--config {source}: {name} must be true or false, got {value!r}")
+            tokens.append(flag if value else f"--no-{flag[2:]}")
+        elif action.nargs in ("*", "+"):
+            if not isinstance(value, list):
+                parser.error(f"--config {source}: {name} must be a list, got {value!r}")
+            tokens += [flag, *map(str, value)]
+        elif isinstance(value, (dict, list)):
+            parser.error(f"--config {source}: {name} takes one value, got {value!r}")
+        else:
+            tokens += [flag, "none" if value is None else str(value)]
+    return tokens
+
+
+def import_plugins(argv: list[str] | None) -> list[str]:
+    """`--plugins MODULE ...`: import modules before the parser is built, so that what they register
+    (a quantiser, a loss, a data source, a prior architecture) is a choice of this run."""
+    import importlib
+    import sys
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", nargs="*", default=[])
+    modules = pre.parse_known_args(sys.argv[1:] if argv is None else argv)[0].plugins
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise SystemExit(f"--plugins {name}: cannot import it ({e}); pass an importable module name") from None
+    return modules
+
+
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """`parser.parse_args`, with `--config FILE` supplying values that flags on the command line override."""
+    import sys
+
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML or JSON file of option values (flags on the command line take precedence)")
+    parser.add_argument("--plugins", nargs="*", default=[], metavar="MODULE",
+                        help="modules to import first: what they register (quantisers, losses, data sources, "
+                             "prior architectures) becomes a choice of this run")
+    argv = sys.argv[1:] if argv is None else list(argv)
     first, _ = parser.parse_known_args(argv)
     if first.config:
-        data = read_config_file(first.config)
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            parser.error(f"--config {first.config} has unknown option(s) {unknown}; see --help for the names")
-        parser.set_defaults(**data)
+        argv = config_file_tokens(parser, read_config_file(first.config), first.config) + argv
     return parser.parse_args(argv)

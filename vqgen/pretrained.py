@@ -24,7 +24,9 @@ from .atomic_io import atomic_path, atomic_write_text
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
-FORMAT_VERSION = 2  # 2: a VQ-VAE's quantiser settings moved into a `quantizer` sub-config
+# The newest format any model type writes. Each config class writes its own `format_version` (1 unless
+# it says otherwise), so a change to one model type does not make older vqgens refuse the others.
+FORMAT_VERSION = 2
 
 ConfigT = TypeVar("ConfigT")
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
@@ -155,7 +157,9 @@ def model_card(*, title: str, tags: list[str], description: str, usage: str, met
 
 
 class PretrainedModel(nn.Module):
-    """Base of every stage-1 model: `save_pretrained`, `from_pretrained`, `push_to_hub`.
+    """Base of every vqgen model saved as config.json + model.safetensors: `save_pretrained`,
+    `from_pretrained`, `push_to_hub`. A package's models say where they come from (`package`, used in
+    the model card's usage line and in error messages).
 
     Subclasses set `model_type` and `config_class`; they register themselves in a fixed table, which
     is the only way a `config.json` selects a class.
@@ -163,6 +167,7 @@ class PretrainedModel(nn.Module):
 
     model_type: ClassVar[str]
     config_class: ClassVar[type]
+    package: ClassVar[str] = "vqgen"
     _registry: ClassVar[dict[str, type[PretrainedModel]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -190,7 +195,8 @@ class PretrainedModel(nn.Module):
         with atomic_path(folder / WEIGHTS_NAME) as tmp:
             save_file(tensors, tmp, metadata={"format": "pt", "model_type": self.model_type})
         atomic_write_text(folder / MODEL_CARD_NAME, self.model_card())
-        config = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **config_to_dict(self.config)}
+        version = getattr(self.config_class, "format_version", 1)
+        config = {"model_type": self.model_type, "format_version": version, **config_to_dict(self.config)}
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return folder
 
@@ -204,10 +210,10 @@ class PretrainedModel(nn.Module):
             title=f"vqgen {name}",
             tags=[self.model_type, "image-tokenizer" if hasattr(self, "tokenize") else "vae"],
             datasets=[dataset] if dataset and "/" in dataset and not Path(dataset).exists() else None,
-            description=f"A stage-1 model of [vqgen](https://github.com/vqgen/vqgen) (`model_type: {self.model_type}`).",
-            usage=f"from stage1_tokenizer import {name}\nmodel = {name}.from_pretrained(\"<this folder or repo id>\")",
+            description=f"A model of [vqgen](https://github.com/vqgen/vqgen) (`model_type: {self.model_type}`).",
+            usage=f"from {self.package} import {name}\nmodel = {name}.from_pretrained(\"<this folder or repo id>\")",
             sections={
-                "Training data": f"{dataset or 'unknown (not trained with stage1_tokenizer.train)'}\n\n{training_rows}",
+                "Training data": f"{dataset or f'unknown (not trained with {self.package}.train)'}\n\n{training_rows}",
                 "Config": f"| field | value |\n|---|---|\n{config_rows}",
             },
             metrics=self.card_data.get("metrics", {}),
@@ -248,7 +254,7 @@ class PretrainedModel(nn.Module):
         model_class = cls._registry.get(model_type) if isinstance(model_type, str) else None
         if model_class is None:
             raise ModelLoadError(
-                f"{folder / CONFIG_NAME} has model_type {model_type!r}; vqgen stage 1 knows "
+                f"{folder / CONFIG_NAME} has model_type {model_type!r}; this loader knows "
                 f"{sorted(cls._registry)}. Is this a stage-2 prior or a pipeline folder? Load it with its own class."
             )
         if cls is not PretrainedModel and not issubclass(model_class, cls):

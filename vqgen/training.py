@@ -47,8 +47,8 @@ class TrainingArguments:
     warmup_steps: int = option(100, "linear learning-rate warm-up steps")
     max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
-    torch_compile: bool = option(False, "compile the model with torch.compile (inductor); the first steps pay the "
-                                        "compilation, the rest run faster (same as accelerate's --dynamo_backend inductor)")
+    torch_compile: bool = option(False, "compile the model's repeated blocks with torch.compile (inductor, accelerate's "
+                                        "regional compilation); the first steps pay the compilation")
     eval_steps: int = option(500, "evaluate on the test split every N steps")
     eval_batch_size: int = option(256, "examples per process per evaluation batch")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps; 0 disables")
@@ -143,6 +143,9 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set
         model, optimizer, train_loader, test_loader, scheduler
     )
     prepared_auxiliary = []
+    if auxiliary and accelerator.mixed_precision == "fp16":
+        # fp16's loss scaler is shared by every prepared optimizer; the auxiliary step runs its own backward.
+        raise SystemExit("a loss with its own optimizer needs --mixed_precision bf16 or no, not fp16")
     for module, lr in auxiliary:
         aux_optimizer = torch.optim.AdamW(module.parameters(), lr=lr or args.learning_rate, weight_decay=0.0)
         # Prepared so that save_state/load_state checkpoint both (the module as safetensors). The
@@ -174,27 +177,36 @@ def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.T
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad()
-    # The model's backward also reached auxiliary parameters (a discriminator judging the output);
-    # those gradients belong to the model's objective, not to theirs.
-    for _, aux_optimizer in state.auxiliary:
-        aux_optimizer.zero_grad()
 
 
-def auxiliary_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor | None, max_grad_norm: float) -> None:
-    """Backward and step the auxiliary optimizers on their own loss (after `optimizer_step`)."""
-    if loss is None or not state.auxiliary:
+def auxiliary_step(accelerator: Accelerator, state: TrainingState, auxiliary_loss, step: int, max_grad_norm: float) -> None:
+    """Step the auxiliary optimizers on their own loss, once per optimizer step (after `optimizer_step`).
+
+    `auxiliary_loss()` computes it from the last micro-batch; it must judge detached model outputs
+    (the model's graph is freed by then). What the model's backward left in the auxiliary
+    parameters (a discriminator's gradient of the generator's loss) is dropped first: it belongs to
+    the model's objective. Gradients are averaged over processes for every parameter (zeros where a
+    process has none), so every rank reaches the same collectives.
+    """
+    if not state.auxiliary or not accelerator.sync_gradients:
         return
-    accelerator.backward(loss)
+    for module, _ in state.auxiliary:
+        module.zero_grad(set_to_none=True)
+    loss = auxiliary_loss()
+    if loss is None:
+        return
+    mean_finite_loss(accelerator, loss, step, what="auxiliary loss")
+    loss.backward()
     for module, aux_optimizer in state.auxiliary:
-        if accelerator.num_processes > 1:
-            for parameter in module.parameters():
-                if parameter.grad is not None:
-                    parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
-        if accelerator.sync_gradients and max_grad_norm > 0:
-            accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
+        for parameter in module.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            if accelerator.num_processes > 1:
+                parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
         aux_optimizer.step()
         aux_optimizer.zero_grad()
-    state.optimizer.zero_grad()  # the auxiliary loss may reach the model too; its step is over
 
 
 def model_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -203,12 +215,12 @@ def model_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[s
     return {k.replace("._orig_mod", "").replace("_orig_mod.", ""): v for k, v in accelerator.get_state_dict(model).items()}
 
 
-def mean_finite_loss(accelerator: Accelerator, loss: torch.Tensor, step: int) -> float:
+def mean_finite_loss(accelerator: Accelerator, loss: torch.Tensor, step: int, what: str = "loss") -> float:
     """The loss averaged over processes; a non-finite one stops every process with the step named."""
     value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
     if not math.isfinite(value):
         raise FloatingPointError(
-            f"loss became {value} at step {step}; nothing was saved after the last checkpoint. Lower "
+            f"{what} became {value} at step {step}; nothing was saved after the last checkpoint. Lower "
             "--learning_rate or use --mixed_precision no, then resume with --resume_from_checkpoint latest."
         )
     return value

@@ -28,6 +28,9 @@ def build_loss(model: nn.Module, extra: list[str] = (), options: dict[str, Any] 
     unknown = [n for n in names if n not in LOSSES]
     if unknown:
         raise ValueError(f"unknown loss(es) {unknown}; vqgen knows {sorted(LOSSES)}")
+    misfits = [n for n in names if model.model_type not in LOSSES[n].models]
+    if misfits:
+        raise ValueError(f"loss(es) {misfits} do not apply to a {model.model_type} model")
     options = options or {}
     return LossSum([LOSSES[n].from_model(model, options.get(n) or LOSSES[n].config_class()) for n in names])
 

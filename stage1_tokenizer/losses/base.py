@@ -4,7 +4,9 @@ A loss is an `nn.Module` chosen by name (the registry in `__init__.py`) that tur
 `AutoencoderOutput`, the input images and the step into named terms. `forward` returns the terms the
 model's optimizer minimises. A loss may own parameters (a discriminator will): then it also
 implements `auxiliary_loss`, which the trainer minimises with an optimizer of its own built over
-the loss's parameters at `learning_rate` (None: the run's), and checkpoints with everything else.
+the loss's parameters at `learning_rate` (None: the run's), once per optimizer step on the last
+micro-batch, and checkpoints with everything else. `auxiliary_loss` must judge detached model
+outputs (`output.reconstruction.detach()`): the model's graph is freed by then.
 Its options are the fields of its `config_class` dataclass; they become command-line flags.
 """
 
@@ -35,6 +37,7 @@ class NoOptions:
 
 class TrainingLoss(nn.Module):
     name: ClassVar[str]
+    models: ClassVar[tuple[str, ...]] = ("vqvae", "vae", "cvae")  # the model types whose output it understands
     config_class: ClassVar[type] = NoOptions
     learning_rate: float | None = None
 

@@ -14,6 +14,7 @@ from .base import LossTerms, TrainingLoss
 
 class ELBOLoss(TrainingLoss):
     name = "elbo"
+    models = ("vae", "cvae")
 
     def __init__(self, kl_weight: float = 1.0, likelihood: str = "bernoulli", gaussian_std: float = 0.1) -> None:
         super().__init__()

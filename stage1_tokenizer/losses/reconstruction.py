@@ -11,6 +11,7 @@ from .base import LossTerms, TrainingLoss
 
 class QuantizedReconstructionLoss(TrainingLoss):
     name = "vq"
+    models = ("vqvae",)
 
     def forward(self, output: AutoencoderOutput, images: torch.Tensor, step: int) -> LossTerms:
         reconstruction_loss = F.mse_loss(output.decoded, images)
