@@ -49,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--top_k", type=int, default=100)
     p.add_argument("--compile", action="store_true", help="also time the static cache with a compiled step")
     p.add_argument("--uncached", action="store_true", help="also time recomputing the prefix (slow at 256 codes)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["dynamic cache", "static cache"],
+                   help="leave out these reference paths (the 256px size takes minutes per path on a CPU)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="weights' dtype (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -86,7 +88,7 @@ def bytes_per_step(prior: torch.nn.Module, batch: int, length: int) -> float:
 
 def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype, *, repeats: int = 5,
             top_k: int = 100, compile: bool = False, uncached: bool = False,
-            bandwidth: float | None = None) -> dict:
+            bandwidth: float | None = None, skip: tuple[str, ...] = ()) -> dict:
     """Every path at one size and batch: tokens/s, speed-up over `generate`, and (with `bandwidth`,
     bytes/s) the share of the memory-bandwidth floor."""
     s = SIZES[size]
@@ -112,6 +114,7 @@ def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype
     paths = {"preallocated cache": ours(cache_implementation="preallocated"),
              "dynamic cache": ours(cache_implementation="dynamic"), "static cache": ours(cache_implementation="static"),
              "transformers generate": lambda: reference.generate(input_ids=prefix, generation_config=config)}
+    paths = {name: run for name, run in paths.items() if name not in skip}
     if compile:
         paths["static cache, compiled"] = ours(cache_implementation="static", compile=True)
     if uncached:
@@ -155,7 +158,7 @@ def main() -> None:
         report["copy_bandwidth_GBps"] = bandwidth / 1e9
     for size in args.sizes:
         rows = measure(size, args.batch_size, device, dtype, repeats=args.repeats, top_k=args.top_k,
-                       compile=args.compile, uncached=args.uncached, bandwidth=bandwidth)
+                       compile=args.compile, uncached=args.uncached, bandwidth=bandwidth, skip=tuple(args.skip))
         report["sizes"][size] = rows
         print(size, {k: round(v["speedup_vs_generate"], 2) for k, v in rows["paths"].items()}, file=sys.stderr)
     emit(report, args.out)
