@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import emit, header  # noqa: E402
 
 import pipelines  # noqa: E402
-from stage1_tokenizer import VAE, VQVAE, VAEConfig, VectorQuantizer, VQVAEConfig  # noqa: E402
+from stage1_tokenizer import VAE, VQVAE, VAEConfig, VectorQuantizer, VQVAEConfig, build_loss  # noqa: E402
 from stage2_prior import TokenizerSpec, build_prior, sample_codes  # noqa: E402
 
 MEASUREMENTS = [
@@ -200,9 +200,10 @@ def build_train(model: torch.nn.Module, s: dict, device: torch.device, lr: float
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     images = random_images(s["train_batch"], model.config, device)
+    objective = build_loss(model)
 
     def step() -> None:
-        loss = model(images).loss
+        loss = objective(model(images), images, 0).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
