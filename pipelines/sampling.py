@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vqgen.sampling_settings import SamplingSettings
+from vqgen.validation import is_integer
 
 from .labels import Labels, resolve_labels
 from .protocols import ImageSampler
@@ -31,9 +32,9 @@ def check_request(num_samples: int, batch_size: int, output_type: OutputType, se
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not is_integer(value) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+    if seed is not None and (not is_integer(seed) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     if device is not None:
         try:

@@ -22,7 +22,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, import_plugins, flag_name, option, parse_arguments
+from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, field_default, flag_name, import_plugins,
+                       option, parse_arguments)
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # (The VAE family has ignored the VQ options since vqgen 0.1, and still does.)
     for name, quantizer in QUANTIZERS.items():
         changed = [f"--{flag_name(f)}" for f in dataclasses.fields(quantizer.config_class)
-                   if f.name != "type" and getattr(args, flag_name(f)) != _field_default(f)]
+                   if f.name != "type" and getattr(args, flag_name(f)) != field_default(f)]
         if changed and args.model == "vqvae" and name != args.quantizer:
             p.error(f"{', '.join(changed)} set(s) the {name!r} quantiser, but this run uses --quantizer {args.quantizer}")
     if args.model != "vqvae" and args.quantizer != "vq":
@@ -103,10 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.binarize and (args.model == "vqvae" or args.likelihood != "bernoulli"):
         p.error("--binarize is for the VAE family with --likelihood bernoulli (a binary image needs a binary likelihood)")
     return args
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def _base_fields() -> tuple[str, ...]:

@@ -23,13 +23,13 @@ KEY_LIMIT = 2**62
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
-    """(x * m) mod 2**32 for x < 2**32 held in int64, with no intermediate above 2**49."""
+def _mul32(x, m: int):
+    """(x * m) mod 2**32 for x < 2**32 (an int64 tensor or a Python int), no intermediate above 2**49."""
     return ((x & 0xFFFF) * m + ((((x >> 16) * m) & 0xFFFF) << 16)) & MASK32
 
 
-def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int64 tensors holding 32-bit values."""
+def hash32(x):
+    """lowbias32 of 32-bit values, held in an int64 tensor or a Python int (same arithmetic, same result)."""
     x = x & MASK32
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
@@ -50,18 +50,8 @@ def sample_keys(num_samples: int, generator: Generators = None, device: torch.de
     return keys.to(device)
 
 
-def hash32_int(x: int) -> int:
-    """`hash32` of one Python int (the position's share, mixed on the host: nothing is copied to the device)."""
-    x &= MASK32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & MASK32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & MASK32
-    return x ^ (x >> 16)
-
-
 def uniforms(keys: torch.Tensor, position: int) -> torch.Tensor:
     """`b` int64 keys -> `b` float32 uniforms in [0, 1) for token `position` (24 bits: exact in float32)."""
-    counter = hash32_int(position + 0x9E3779B9)
+    counter = hash32(position + 0x9E3779B9)  # a Python int: mixed on the host, nothing copied to the device
     mixed = hash32((keys & MASK32) ^ hash32(((keys >> 32) & MASK32) ^ counter))
     return (mixed >> 8).to(torch.float32) / float(2**24)

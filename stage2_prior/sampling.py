@@ -3,24 +3,17 @@ randomness, and a preallocated, dynamic or static KV cache (`decoding.py`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
 
+from vqgen.validation import is_finite_number, is_integer
+
 from .decoding import Decoder
 from .prior import prior_spec
 from .randomness import Generators, sample_keys, uniforms
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
-
-
-def _is_finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_sampling_args(
@@ -28,15 +21,15 @@ def check_sampling_args(
     guidance_scale: float, conditional: bool,
 ) -> None:
     """Refuse bad settings before any work is done: wrong types, non-integral counts, NaN and infinity too."""
-    if not _is_integer(num_samples) or num_samples <= 0:
+    if not is_integer(num_samples) or num_samples <= 0:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not _is_finite_number(temperature) or not temperature > 0:
+    if not is_finite_number(temperature) or not temperature > 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None and (not _is_integer(top_k) or not 1 <= top_k <= vocabulary_codes):
+    if top_k is not None and (not is_integer(top_k) or not 1 <= top_k <= vocabulary_codes):
         raise ValueError(f"top_k must be an integer in [1, {vocabulary_codes}] (the codebook size), got {top_k!r}")
-    if top_p is not None and (not _is_finite_number(top_p) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_finite_number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-    if not _is_finite_number(guidance_scale):
+    if not is_finite_number(guidance_scale):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     if guidance_scale != 1.0 and not conditional:
         raise ValueError(

@@ -246,7 +246,8 @@ def test_forward_after_initialisation_is_one_graph_without_breaks(kwargs):
     assert _explain(q.nearest, z).graph_break_count == 0
 
 
-def _compiled_and_eager_agree(backend: str, l2_normalize: bool, monkeypatch, steps: int = 3) -> None:
+def _compiled_against_eager(backend: str, l2_normalize: bool, monkeypatch, steps: int = 3) -> list[str]:
+    """Train an eager quantiser and a compiled copy side by side; return what differed (empty: nothing)."""
     import copy
 
     import stage1_tokenizer.quantizers.vector as vector
@@ -260,6 +261,13 @@ def _compiled_and_eager_agree(backend: str, l2_normalize: bool, monkeypatch, ste
     copied = copy.deepcopy(eager)
     torch._dynamo.reset()
     compiled = torch.compile(copied, fullgraph=True, backend=backend)
+    differences = []
+
+    def compare(name: str, a: torch.Tensor, b: torch.Tensor, exact: bool = False) -> None:
+        same = torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1.3e-6, atol=1e-5)
+        if not same:
+            differences.append(name)
+
     try:
         for step, z in enumerate(zs[1:]):
             z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
@@ -267,31 +275,32 @@ def _compiled_and_eager_agree(backend: str, l2_normalize: bool, monkeypatch, ste
             a = eager(z1)
             torch.manual_seed(step)
             b = compiled(z2)
-            assert torch.equal(a.codes, b.codes)
-            torch.testing.assert_close(a.quantized, b.quantized)
-            torch.testing.assert_close(a.counts, b.counts)
-            torch.testing.assert_close(a.losses["commitment_loss"], b.losses["commitment_loss"])
+            compare(f"codes {step}", a.codes, b.codes, exact=True)
+            compare(f"quantized {step}", a.quantized.detach(), b.quantized.detach())
+            compare(f"counts {step}", a.counts, b.counts)
+            compare(f"commitment {step}", a.losses["commitment_loss"].detach(), b.losses["commitment_loss"].detach())
             (a.quantized.square().sum() + a.losses["commitment_loss"]).backward()
             (b.quantized.square().sum() + b.losses["commitment_loss"]).backward()
-            torch.testing.assert_close(z1.grad, z2.grad)
+            compare(f"gradient {step}", z1.grad, z2.grad)
         for name, value in eager.state_dict().items():  # codebook, cluster_size, embed_sum, initialized
-            torch.testing.assert_close(copied.state_dict()[name], value, msg=name)
+            compare(name, value.float(), copied.state_dict()[name].float())
     finally:
         torch._dynamo.reset()
+    return differences
 
 
 @pytest.mark.parametrize("l2_normalize", [False, True])
 def test_compiled_training_steps_match_eager_ones(l2_normalize, monkeypatch):
     # aot_eager traces the whole step (dynamo + AOT autograd, buffer mutations functionalised) without
     # inductor's code generation; the inductor test below checks the generated code too (~15-20 s on 2 CPU cores).
-    _compiled_and_eager_agree("aot_eager", l2_normalize, monkeypatch)
+    assert _compiled_against_eager("aot_eager", l2_normalize, monkeypatch) == []
 
 
 def test_inductor_compiled_training_steps_match_eager_ones(monkeypatch):
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(fallback_random=True):  # eager's random stream, so the restarts agree
-        _compiled_and_eager_agree("inductor", True, monkeypatch)
+        assert _compiled_against_eager("inductor", True, monkeypatch) == []
 
 
 def test_compiling_without_fullgraph_initialises_eagerly_on_the_first_call():

@@ -39,7 +39,7 @@ def _none_or(parse):
     return convert
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -55,7 +55,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
         if f.name in exclude or not f.init:
             continue
         kind = hints[f.name]
-        default = (defaults or {}).get(f.name, _default(f))
+        default = (defaults or {}).get(f.name, field_default(f))
         name = "--" + flag_name(f)
         help_text = f.metadata.get("help", "")
         choices = f.metadata["choices"]() if "choices" in f.metadata else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .validation import is_finite_number
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -33,6 +35,6 @@ def gaussian_latent_settings(
         raise ValueError(f"{given} apply to a two-stage pipeline's prior; a {sampler} samples "
                          "z ~ N(0, I) (use temperature to scale its standard deviation).")
     temperature = 1.0 if temperature is None else temperature
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not is_finite_number(temperature) or not temperature > 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     return SamplingSettings(temperature=temperature)

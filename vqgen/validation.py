@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -10,6 +11,16 @@ import torch
 class ImageGeometry(Protocol):
     image_size: int
     image_channels: int
+
+
+def is_integer(value: object) -> bool:
+    """An int (or a traced size), never a bool: what counts and indices must be."""
+    return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """An int or float that is neither NaN nor infinite, never a bool: what a sampling setting must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_images(images: torch.Tensor, config: ImageGeometry) -> None:
