@@ -7,6 +7,7 @@ where the source has labels, a `label` `ClassLabel` column that carries the clas
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -114,6 +115,25 @@ def _convert(images: np.ndarray, image_size: int | None, channels: int | None) -
 
 def _hwc(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
+def image_batches(
+    spec: str,
+    split: str,
+    *,
+    batch_size: int = 256,
+    image_size: int | None = None,
+    channels: int | None = None,
+    max_samples: int | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """A split in order, batch by batch: float images `b c h w` in [0, 1] and labels `b` (None when
+    unlabelled). Only one batch is decoded at a time; the split is never held whole in memory."""
+    dataset = load_image_dataset(spec, split, image_size=image_size, channels=channels, max_samples=max_samples)
+    dataset = dataset.with_format("torch")
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        yield images_to_tensor(batch["image"].to(torch.uint8)), batch.get("label")
 
 
 def image_tensors(spec: str, split: str, max_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
