@@ -77,5 +77,10 @@ class Decoder(nn.Module):
         layers += [_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
+    @property
+    def last_layer_weight(self) -> torch.Tensor:
+        """The final conv's weight `out_channels channels 3 3`: where a GAN loss compares gradient norms."""
+        return self.net[-1].weight
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)

@@ -19,3 +19,6 @@ class AutoencoderOutput:
     posterior: GaussianPosterior | None = None  # q(z|x) (VAE/CVAE)
     quantizer_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted quantiser terms (VQ)
     codes: torch.Tensor | None = None  # b h w (VQ-VAE)
+    # The decoder's final conv weight (the parameter itself, not a copy): a GAN loss balances its terms by
+    # the ratio of their gradient norms with respect to it (taming's adaptive weight).
+    last_layer: torch.Tensor | None = None

@@ -55,6 +55,11 @@ class VAE(Autoencoder):
                 Decoder(c, config.image_channels, num_upsamples=config.num_downsamples, **common),
             )
 
+    @property
+    def _image_decoder(self) -> nn.Module:
+        """The conv decoder that writes the image (a flat latent puts a linear layer in front of it)."""
+        return self.decoder if self.config.latent == "grid" else self.decoder[-1]
+
     # -- the conditioning hooks (identity for the VAE; see CVAE) ---------------------------------
     @staticmethod
     def _encoder_extra_channels(config: VAEConfig) -> int:
@@ -102,7 +107,8 @@ class VAE(Autoencoder):
     ) -> AutoencoderOutput:
         posterior = self.encode(images, labels)
         logits = self.decode_logits(posterior.sample(generator), labels)
-        return AutoencoderOutput(reconstruction=self.to_images(logits), decoded=logits, posterior=posterior)
+        return AutoencoderOutput(reconstruction=self.to_images(logits), decoded=logits, posterior=posterior,
+                                 last_layer=self._image_decoder.last_layer_weight)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -55,7 +55,7 @@ class VQVAE(Autoencoder):
         q = self.quantizer(self.encode(images))
         decoded = self.decoder(q.quantized)
         return AutoencoderOutput(reconstruction=decoded.clamp(0, 1), decoded=decoded, quantizer_losses=q.losses,
-                                 codes=q.codes)
+                                 codes=q.codes, last_layer=self.decoder.last_layer_weight)
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
