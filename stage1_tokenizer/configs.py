@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from vqgen.cli import option
+from vqgen.cli import field_default, option
 
 from .quantizers import QUANTIZERS, VectorQuantizerConfig, quantizer_config
 
@@ -20,6 +21,22 @@ class AutoencoderConfig:
     num_downsamples: int = option(2, "stride-2 stages: latent side = image side / 2**n")
     num_res_blocks: int = option(2, "residual blocks in encoder and in decoder")
     class_names: list[str] | None = option(None, "the dataset's class names")
+    architecture: Literal["conv", "vqgan"] = option(
+        "conv", "conv: one width, residual blocks at the latent resolution (vqgen 0.1); vqgan: the taming / "
+                "LlamaGen network (channel multipliers, residual blocks at every level, self-attention)")
+    channel_multipliers: list[int] = option(
+        default_factory=list, help="vqgan: width channels * m of each of the num_downsamples + 1 levels, highest "
+                                   "resolution first (none given: channels at every level)")
+    attention_resolutions: list[int] = option(
+        default_factory=list, help="vqgan: feature-map sides with self-attention after every residual block")
+    mid_attention: bool = option(True, "vqgan: self-attention in the middle block (res-attn-res)")
+    gradient_checkpointing: bool = option(False, "vqgan: recompute block activations in the backward pass (less "
+                                                 "memory, ~1/3 more compute); training only")
+
+    # Unknown to vqgen 0.1, which refuses unknown fields: a conv config.json leaves them out, so what 0.1 wrote
+    # and what 0.1 can read stay the same files.
+    VQGAN_FIELDS: ClassVar[tuple[str, ...]] = (
+        "architecture", "channel_multipliers", "attention_resolutions", "mid_attention", "gradient_checkpointing")
 
     def __post_init__(self) -> None:
         factor = 2**self.num_downsamples
@@ -30,6 +47,45 @@ class AutoencoderConfig:
             )
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        # Lists, whatever sequence was passed, so a config equals itself after a JSON round trip.
+        self.channel_multipliers = list(self.channel_multipliers)
+        self.attention_resolutions = list(self.attention_resolutions)
+        if self.architecture == "vqgan":
+            self._check_vqgan()
+        elif self.architecture == "conv":
+            changed = [f.name for f in dataclasses.fields(AutoencoderConfig)
+                       if f.name in self.VQGAN_FIELDS and getattr(self, f.name) != field_default(f)]
+            if changed:
+                raise ValueError(f"{changed} apply to architecture 'vqgan'; the conv network would ignore them")
+        else:
+            raise ValueError(f"architecture must be 'conv' or 'vqgan', got {self.architecture!r}")
+
+    def _check_vqgan(self) -> None:
+        levels = self.num_downsamples + 1
+        if self.channel_multipliers and len(self.channel_multipliers) != levels:
+            raise ValueError(
+                f"channel_multipliers {self.channel_multipliers} has {len(self.channel_multipliers)} entries, but "
+                f"num_downsamples {self.num_downsamples} makes {levels} levels: give one multiplier per level"
+            )
+        if any(m < 1 for m in self.channel_multipliers):
+            raise ValueError(f"channel_multipliers must be positive, got {self.channel_multipliers}")
+        sides = [self.image_size // 2**i for i in range(levels)]
+        missing = [r for r in self.attention_resolutions if r not in sides]
+        if missing:
+            raise ValueError(f"attention_resolutions {missing} are not feature-map sides of this network {sides}")
+
+    @property
+    def level_multipliers(self) -> list[int]:
+        """vqgan: the width multiplier of each level, highest resolution first (1 everywhere when none given)."""
+        return self.channel_multipliers or [1] * (self.num_downsamples + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields config.json holds: all of them, less the vqgan ones for the conv network (see VQGAN_FIELDS)."""
+        data = dataclasses.asdict(self)
+        if self.architecture == "conv":
+            for name in self.VQGAN_FIELDS:
+                del data[name]
+        return data
 
     @property
     def latent_size(self) -> int:

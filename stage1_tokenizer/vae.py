@@ -17,7 +17,7 @@ from torch import nn
 from .autoencoder import Autoencoder
 from .configs import CVAEConfig, VAEConfig
 from .likelihood import pixel_log_likelihood
-from .networks import Decoder, Encoder
+from .architectures import build_decoder, build_encoder
 from .outputs import AutoencoderOutput
 from .posterior import GaussianPosterior
 from vqgen.sampling_settings import SamplingSettings, gaussian_latent_settings
@@ -37,22 +37,21 @@ class VAE(Autoencoder):
         config = config or self.config_class(**kwargs)
         super().__init__(config)
         c, g = config.channels, config.latent_size
-        common = dict(channels=c, num_res_blocks=config.num_res_blocks)
         in_channels = config.image_channels + self._encoder_extra_channels(config)
         z_channels = config.latent_dim + self._decoder_extra_channels(config)
         if config.latent == "grid":
-            self.encoder = Encoder(in_channels, 2 * config.latent_dim, num_downsamples=config.num_downsamples, **common)
-            self.decoder = Decoder(z_channels, config.image_channels, num_upsamples=config.num_downsamples, **common)
+            self.encoder = build_encoder(config, in_channels, 2 * config.latent_dim)
+            self.decoder = build_decoder(config, z_channels, config.image_channels)
         else:
             self.encoder = nn.Sequential(
-                Encoder(in_channels, c, num_downsamples=config.num_downsamples, **common),
+                build_encoder(config, in_channels, c),
                 nn.Flatten(),
                 nn.Linear(c * g * g, 2 * config.latent_dim),
             )
             self.decoder = nn.Sequential(
                 nn.Linear(z_channels, c * g * g),
                 nn.Unflatten(1, (c, g, g)),
-                Decoder(c, config.image_channels, num_upsamples=config.num_downsamples, **common),
+                build_decoder(config, c, config.image_channels),
             )
 
     @property

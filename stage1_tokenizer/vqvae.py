@@ -1,4 +1,4 @@
-"""VQ-VAE: the shared encoder/decoder with a vector quantiser between them."""
+"""VQ-VAE: the shared encoder/decoder (conv or vqgan) with a vector quantiser between them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .autoencoder import Autoencoder
 from .configs import VQVAEConfig
-from .networks import Decoder, Encoder
+from .architectures import build_decoder, build_encoder
 from .outputs import AutoencoderOutput
 from .quantizers import build_quantizer
 from vqgen.validation import check_images
@@ -32,10 +32,9 @@ class VQVAE(Autoencoder):
         # VQVAE(codebook_size=...) keeps working: flat VQ settings go into the quantiser sub-config.
         config = config or VQVAEConfig(**VQVAEConfig.upgrade(kwargs, format_version=1))
         super().__init__(config)
-        common = dict(channels=config.channels, num_res_blocks=config.num_res_blocks)
-        self.encoder = Encoder(config.image_channels, config.code_dim, num_downsamples=config.num_downsamples, **common)
+        self.encoder = build_encoder(config, config.image_channels, config.code_dim)
         self.quantizer = build_quantizer(config.quantizer, config.code_dim)
-        self.decoder = Decoder(config.code_dim, config.image_channels, num_upsamples=config.num_downsamples, **common)
+        self.decoder = build_decoder(config, config.code_dim, config.image_channels)
 
     @property
     def codebook_size(self) -> int:

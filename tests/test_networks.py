@@ -1,9 +1,15 @@
 """The stage-1 encoder/decoder families, the adaptive-weight hook and the named presets."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from stage1_tokenizer import CVAE, VAE, VQVAE
+from stage1_tokenizer import CVAE, VAE, VQVAE, AutoencoderConfig, VQVAEConfig, load_pretrained
+from stage1_tokenizer.vqgan_networks import AttentionBlock, ResnetBlock, VQGANDecoder
+
+RELEASE = Path(__file__).parent / "fixtures" / "release_0_1"
 
 TINY = dict(channels=8, num_res_blocks=1)
 
@@ -26,3 +32,141 @@ def test_forward_hands_out_the_decoders_last_layer(kind):
     assert any(out.last_layer is p for p in model.parameters())
     (grad,) = torch.autograd.grad(out.decoded.sum(), out.last_layer)
     assert grad.abs().sum() > 0
+
+
+# -- the vqgan network ----------------------------------------------------------------------------------
+
+def vqgan(kind: str = "vqvae", **kwargs):
+    """A tiny vqgan-architecture model: 8 base channels, 32² RGB images, factor 4 unless told."""
+    options = dict(architecture="vqgan", image_size=32, image_channels=3, num_downsamples=2,
+                   channel_multipliers=[1, 2, 2], attention_resolutions=[8])
+    return tiny(kind, **{**options, **kwargs})
+
+
+def attention_blocks(module: torch.nn.Module) -> int:
+    return sum(isinstance(m, AttentionBlock) for m in module.modules())
+
+
+@pytest.mark.parametrize("num_downsamples", [1, 2, 3, 4])
+def test_vqgan_shapes_at_factors_2_to_16(num_downsamples):
+    model = vqgan(num_downsamples=num_downsamples, channel_multipliers=[1, 2, 2, 4, 4][: num_downsamples + 1],
+                  attention_resolutions=[]).train()
+    side = 32 // 2**num_downsamples
+    x = torch.rand(2, 3, 32, 32)
+    z = model.encode(x)
+    assert z.shape == (2, 4, side, side)
+    out = model(x)
+    assert out.decoded.shape == (2, 3, 32, 32) and out.codes.shape == (2, side, side)
+    assert model.tokenize(x).shape == (2, side, side) == (2, *model.grid_shape)
+
+
+def test_vqgan_widths_follow_the_channel_multipliers():
+    model = vqgan(channel_multipliers=[1, 2, 4])
+    widths = [m.conv2.out_channels for m in model.encoder.blocks if isinstance(m, ResnetBlock)]
+    assert widths == [8, 16, 32]  # num_res_blocks=1 per level
+    decoder_widths = [m.conv2.out_channels for m in model.decoder.blocks if isinstance(m, ResnetBlock)]
+    assert decoder_widths == [32, 32, 16, 16, 8, 8]  # num_res_blocks + 1 per level, lowest resolution first
+
+
+def test_attention_at_the_chosen_sides_and_in_the_middle_block():
+    with_attention = vqgan(attention_resolutions=[8, 16])
+    # encoder: 1 block at 16 and 1 at 8, plus the middle; decoder: 2 blocks at each, plus the middle
+    assert attention_blocks(with_attention.encoder) == 3 and attention_blocks(with_attention.decoder) == 5
+    without = vqgan(attention_resolutions=[], mid_attention=False)
+    assert attention_blocks(without) == 0
+    x = torch.rand(2, 3, 32, 32)
+    assert without(x).decoded.shape == with_attention(x).decoded.shape == (2, 3, 32, 32)
+
+
+def test_attention_block_is_a_single_head_softmax_over_positions():
+    torch.manual_seed(0)
+    block = AttentionBlock(8)
+    x = torch.randn(2, 8, 4, 4)
+    h = block.norm(x).flatten(2).transpose(1, 2)  # b (h w) c
+    q, k, v = block.qkv.weight[:, :, 0, 0].matmul(h.transpose(1, 2)).add(block.qkv.bias[:, None]).chunk(3, dim=1)
+    weights = torch.softmax(q.transpose(1, 2) @ k / 8**0.5, dim=-1)
+    out = (weights @ v.transpose(1, 2)).transpose(1, 2).reshape(2, 8, 4, 4)
+    torch.testing.assert_close(block(x), x + block.proj(out))
+
+
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients():
+    x = torch.rand(2, 3, 32, 32)
+    results = []
+    for checkpointing in (False, True):
+        model = vqgan(gradient_checkpointing=checkpointing, ema_decay=0.0).train()  # the codebook gets gradients too
+        out = model(x)
+        loss = out.decoded.square().mean() + sum(out.quantizer_losses.values())
+        loss.backward()
+        results.append((out.decoded.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, plain_grads), (recomputed, recomputed_grads) = results
+    assert torch.equal(plain, recomputed)
+    assert plain_grads.keys() == recomputed_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(recomputed_grads[name], grad, rtol=0, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_only_recomputes_in_training(monkeypatch):
+    import stage1_tokenizer.vqgan_networks as networks
+
+    calls = []
+    monkeypatch.setattr(networks, "checkpoint", lambda block, x, **kw: calls.append(block) or block(x))
+    model = vqgan(gradient_checkpointing=True)
+    model.train()(torch.rand(1, 3, 32, 32))
+    assert calls
+    calls.clear()
+    model.eval()(torch.rand(1, 3, 32, 32))
+    with torch.no_grad():
+        model.train()(torch.rand(1, 3, 32, 32))
+    assert not calls
+
+
+@pytest.mark.parametrize("kind", ["vae", "vae-grid", "cvae", "cvae-grid"])
+def test_the_vae_family_builds_the_vqgan_network(kind):
+    model = vqgan(kind).train()
+    assert isinstance(model._image_decoder, VQGANDecoder)
+    x, labels = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
+    out = model(x, labels)
+    assert out.decoded.shape == (2, 3, 32, 32)
+    assert out.last_layer is model._image_decoder.conv_out.weight
+    expected = (2, 4, 8, 8) if kind.endswith("grid") else (2, 4)
+    assert model.encode(x, labels).mean.shape == expected
+    assert model.sample(2, labels).shape == (2, 3, 32, 32)
+
+
+def test_vqvae_hands_out_the_vqgan_decoders_last_layer():
+    model = vqgan()
+    assert model(torch.rand(1, 3, 32, 32)).last_layer is model.decoder.conv_out.weight
+
+
+def test_a_vqgan_model_saves_and_loads(tmp_path):
+    model = vqgan(gradient_checkpointing=True).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architecture"] == "vqgan" and saved["channel_multipliers"] == [1, 2, 2]
+    again = load_pretrained(tmp_path)
+    assert again.config == model.config
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(again.tokenize(x), model.tokenize(x))
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "cvae"])
+def test_a_conv_config_json_holds_exactly_the_fields_vqgen_0_1_wrote(tmp_path, kind):
+    """vqgen 0.1 refuses unknown fields: the conv network must not write the vqgan ones."""
+    tiny(kind).save_pretrained(tmp_path)
+    saved = set(json.loads((tmp_path / "config.json").read_text()))
+    assert not saved & set(AutoencoderConfig.VQGAN_FIELDS)
+    if kind == "cvae":
+        assert saved == set(json.loads((RELEASE / "cvae" / "config.json").read_text()))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(attention_resolutions=[7]), "apply to architecture 'vqgan'"),
+    (dict(gradient_checkpointing=True), "apply to architecture 'vqgan'"),
+    (dict(architecture="vqgan", channel_multipliers=[1, 2]), "one multiplier per level"),
+    (dict(architecture="vqgan", channel_multipliers=[1, 0, 2]), "must be positive"),
+    (dict(architecture="vqgan", attention_resolutions=[5]), "not feature-map sides"),
+    (dict(architecture="unet"), "architecture must be"),
+])
+def test_bad_architecture_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        VQVAEConfig(**options)

@@ -37,7 +37,10 @@ class ModelLoadError(OSError):
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The fields config.json holds: a config's own `to_dict` where it has one (to leave out fields an older
+    vqgen would refuse while they are at the value that vqgen implied), else every field."""
+    to_dict = getattr(config, "to_dict", None)
+    return to_dict() if to_dict is not None else dataclasses.asdict(config)
 
 
 def config_from_dict(config_class: type[ConfigT], data: dict[str, Any], source: str = "config") -> ConfigT:

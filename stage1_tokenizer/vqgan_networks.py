@@ -1,0 +1,199 @@
+"""The encoder and decoder of the taming-transformers VQGAN / LlamaGen VQ family.
+
+Levels from the highest resolution down, each at `channels * channel_multipliers[i]` channels with
+residual blocks, single-head self-attention at the chosen feature-map sides, a res-attn-res middle block
+at the lowest resolution, GroupNorm and SiLU throughout. `len(channel_multipliers) - 1` stride-2 stages
+give a downsampling factor of 2 ** (levels - 1).
+
+Unlike LlamaGen there is no separate `z_channels` width with 1x1 `quant_conv` / `post_quant_conv`: the
+final 3x3 conv writes the latent channels directly (and the decoder's first conv reads them). With no
+non-linearity between them, a 3x3 conv followed by a 1x1 conv is one 3x3 conv, so the functions the
+networks can express are the same, for ~2 M fewer parameters at the VQ-16 size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .networks import _norm
+
+
+class ResnetBlock(nn.Module):
+    """Pre-activation residual block, `b in_channels h w -> b out_channels h w` (1x1 shortcut when they differ)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.shortcut(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over all `h * w` positions, residual: `b c h w -> b c h w`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three c) h w -> three b 1 (h w) c", three=3)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(rearrange(out, "b 1 (h w) c -> b c h w", h=h, w=w))
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv: `b c h w -> b c h/2 w/2` (h, w even)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv (no checkerboard of a transposed conv): `b c h w -> b c 2h 2w`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _CheckpointedStack(nn.Module):
+    """With `gradient_checkpointing`, in training and under autograd, each block recomputes its activations
+    in the backward pass instead of storing them: memory for the 256² presets, at ~1/3 more compute."""
+
+    gradient_checkpointing: bool
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+
+def _level_blocks(in_channels: int, out_channels: int, count: int, attention: bool) -> list[nn.Module]:
+    blocks: list[nn.Module] = []
+    for i in range(count):
+        blocks.append(ResnetBlock(in_channels if i == 0 else out_channels, out_channels))
+        if attention:
+            blocks.append(AttentionBlock(out_channels))
+    return blocks
+
+
+def _middle(channels: int, attention: bool) -> nn.Sequential:
+    blocks = [ResnetBlock(channels, channels), *([AttentionBlock(channels)] if attention else []),
+              ResnetBlock(channels, channels)]
+    return nn.Sequential(*blocks)
+
+
+class VQGANEncoder(_CheckpointedStack):
+    """`b in_channels H W -> b out_channels H/f W/f`, `f = 2 ** (len(channel_multipliers) - 1)`.
+
+    `attention_resolutions` are feature-map sides (e.g. 16 for 256² images at f = 16): every residual
+    block of a level at that side is followed by self-attention. `image_size` is needed to know which.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        image_size: int,
+        channels: int = 128,
+        channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        mid_attention: bool = True,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
+        widths = [channels * m for m in channel_multipliers]
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        blocks: list[nn.Module] = []
+        c, side = channels, image_size
+        for level, width in enumerate(widths):
+            blocks += _level_blocks(c, width, num_res_blocks, side in attention_resolutions)
+            c = width
+            if level < len(widths) - 1:
+                blocks.append(Downsample(c))
+                side //= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.middle = _middle(c, mid_attention)
+        self.norm_out = _norm(c)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for block in [*self.blocks, *self.middle]:
+            h = self._run(block, h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VQGANDecoder(_CheckpointedStack):
+    """`b in_channels h w -> b out_channels h*f w*f`, `f = 2 ** (len(channel_multipliers) - 1)`.
+
+    The mirror of `VQGANEncoder` with, as in taming-transformers and LlamaGen, one more residual block
+    per level (`num_res_blocks + 1`). `image_size` is the side of the images it writes.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        image_size: int,
+        channels: int = 128,
+        channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        mid_attention: bool = True,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
+        widths = [channels * m for m in channel_multipliers]
+        c, side = widths[-1], image_size // 2 ** (len(widths) - 1)
+        self.conv_in = nn.Conv2d(in_channels, c, 3, padding=1)
+        self.middle = _middle(c, mid_attention)
+        blocks: list[nn.Module] = []
+        for level in reversed(range(len(widths))):
+            blocks += _level_blocks(c, widths[level], num_res_blocks + 1, side in attention_resolutions)
+            c = widths[level]
+            if level > 0:
+                blocks.append(Upsample(c))
+                side *= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_out = _norm(c)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
+
+    @property
+    def last_layer_weight(self) -> torch.Tensor:
+        """The final conv's weight `out_channels channels 3 3`: where a GAN loss compares gradient norms."""
+        return self.conv_out.weight
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        for block in [*self.middle, *self.blocks]:
+            h = self._run(block, h)
+        return self.conv_out(F.silu(self.norm_out(h)))
