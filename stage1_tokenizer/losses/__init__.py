@@ -9,13 +9,17 @@ from typing import Any
 
 from torch import nn
 
-from .base import LossSum, LossTerms, NoOptions, TrainingLoss
+from .adversarial import AdversarialLoss
+from .base import LossConfigurationError, LossSum, LossTerms, NoOptions, TrainingLoss
 from .elbo import ELBOLoss
+from .perceptual import LPIPSLoss
 from .reconstruction import QuantizedReconstructionLoss
 
 LOSSES: dict[str, type[TrainingLoss]] = {
     "vq": QuantizedReconstructionLoss,
     "elbo": ELBOLoss,
+    "lpips": LPIPSLoss,
+    "adversarial": AdversarialLoss,
 }
 
 
@@ -35,5 +39,5 @@ def build_loss(model: nn.Module, extra: list[str] = (), options: dict[str, Any] 
     return LossSum([LOSSES[n].from_model(model, options.get(n) or LOSSES[n].config_class()) for n in names])
 
 
-__all__ = ["LOSSES", "ELBOLoss", "LossSum", "LossTerms", "NoOptions", "QuantizedReconstructionLoss", "TrainingLoss",
-           "build_loss"]
+__all__ = ["LOSSES", "AdversarialLoss", "ELBOLoss", "LPIPSLoss", "LossConfigurationError", "LossSum", "LossTerms",
+           "NoOptions", "QuantizedReconstructionLoss", "TrainingLoss", "build_loss"]

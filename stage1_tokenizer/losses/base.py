@@ -8,6 +8,10 @@ the loss's parameters at `learning_rate` (None: the run's), once per optimizer s
 micro-batch, and checkpoints with everything else. `auxiliary_loss` must judge detached model
 outputs (`output.reconstruction.detach()`): the model's graph is freed by then.
 Its options are the fields of its `config_class` dataclass; they become command-line flags.
+
+A loss that weighs itself against the rest of the objective (the adversarial loss's adaptive weight
+compares gradients at the decoder's last layer) sets `weighs_against_others`: `LossSum` then calls it
+after every other part, with their summed loss as a fourth argument, `others`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ class LossTerms:
         return {"loss": self.loss.item(), **{k: v.item() for k, v in self.terms.items()}}
 
 
+class LossConfigurationError(ValueError):
+    """A loss cannot be built for this run (weights it needs are missing, options that do not fit): the
+    training script prints the message alone and exits."""
+
+
 @dataclass
 class NoOptions:
     """A loss with nothing to set."""
@@ -40,6 +49,7 @@ class TrainingLoss(nn.Module):
     models: ClassVar[tuple[str, ...]] = ("vqvae", "vae", "cvae")  # the model types whose output it understands
     config_class: ClassVar[type] = NoOptions
     learning_rate: float | None = None
+    weighs_against_others: ClassVar[bool] = False
 
     @classmethod
     def from_model(cls, model: nn.Module, config: Any) -> TrainingLoss:
@@ -64,9 +74,17 @@ class LossSum(nn.Module):
     def forward(self, output: AutoencoderOutput, images: torch.Tensor, step: int) -> LossTerms:
         total, terms = None, {}
         for part in self.parts:
-            out = part(output, images, step)
-            total = out.loss if total is None else total + out.loss
-            terms.update(out.terms)
+            if not part.weighs_against_others:
+                out = part(output, images, step)
+                total = out.loss if total is None else total + out.loss
+                terms.update(out.terms)
+        # `others` is the same sum for every weighing part: none of them weighs against another
+        others = total
+        for part in self.parts:
+            if part.weighs_against_others:
+                out = part(output, images, step, others)
+                total = total + out.loss
+                terms.update(out.terms)
         return LossTerms(total, terms)
 
     def auxiliary_loss(self, output: AutoencoderOutput, images: torch.Tensor, step: int) -> torch.Tensor | None:
