@@ -161,7 +161,7 @@ def test_gan_training_resumes_bit_identically_and_keeps_the_discriminator_out_of
     # before the start step the discriminator's optimizer never stepped; after it, it did
     assert torch.load(split / "checkpoint-3/optimizer_1.bin", weights_only=True)["state"] == {}
     assert torch.load(split / "checkpoint-6/optimizer_1.bin", weights_only=True)["state"] != {}
-    before, after = load_file(split / "checkpoint-3/model_1.safetensors"), load_file(split / "checkpoint-6/model_1.safetensors")
+    before, after = (load_file(split / f"checkpoint-{s}/model_1.safetensors") for s in (3, 6))
     assert any(k.startswith("discriminator.") for k in after)
     assert any(not torch.equal(before[k], after[k]) for k in after)
     # the saved tokenizer holds exactly the tokenizer's own weights
