@@ -22,12 +22,13 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, field_default, flag_name, import_plugins,
+from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, flag_name, import_plugins,
                        option, parse_arguments)
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
-from .losses import LOSSES, LossConfigurationError, LossSum, build_loss
+from .losses import LOSSES, LossSum, build_loss
+from .presets import add_preset_argument
 from .quantizers import QUANTIZERS
 from vqgen.checkpointing import isolated_rng
 from vqgen.data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
@@ -87,13 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if dataclasses.fields(loss.config_class):
             add_dataclass_arguments(p.add_argument_group(f"loss {name}"), loss.config_class)
 
+    add_preset_argument(p, argv)
     args = parse_arguments(p, argv)
     check_training_args(p, args)
     # A VQ-VAE given the options of a quantiser it does not use would silently ignore them: refuse.
-    # (The VAE family has ignored the VQ options since vqgen 0.1, and still does.)
+    # (The VAE family has ignored the VQ options since vqgen 0.1, and still does.) Given means away from the
+    # parser's default, which a --preset sets: `--preset cifar10 --quantizer fsq` leaves its VQ options unused.
     for name, quantizer in QUANTIZERS.items():
         changed = [f"--{flag_name(f)}" for f in dataclasses.fields(quantizer.config_class)
-                   if f.name != "type" and getattr(args, flag_name(f)) != field_default(f)]
+                   if f.name != "type" and getattr(args, flag_name(f)) != p.get_default(flag_name(f))]
         if changed and args.model == "vqvae" and name != args.quantizer:
             p.error(f"{', '.join(changed)} set(s) the {name!r} quantiser, but this run uses --quantizer {args.quantizer}")
     if args.model != "vqvae" and args.quantizer != "vq":
@@ -125,10 +128,7 @@ def build_model(args: argparse.Namespace, image_size: int, image_channels: int, 
 
 def build_training_loss(args: argparse.Namespace, model: PretrainedModel) -> LossSum:
     options = {name: dataclass_from_arguments(loss.config_class, args) for name, loss in LOSSES.items()}
-    try:
-        return build_loss(model, args.extra_losses, options)
-    except LossConfigurationError as e:  # the user's to fix (weights to provide, an option): the message, no traceback
-        raise SystemExit(f"error: {e}") from None
+    return build_loss(model, args.extra_losses, options)
 
 
 def batch_to_inputs(batch: dict[str, torch.Tensor], binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

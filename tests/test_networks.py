@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from stage1_tokenizer import CVAE, VAE, VQVAE, AutoencoderConfig, VQVAEConfig, load_pretrained
+from stage1_tokenizer.presets import PRESETS, Preset, parameter_count
+from stage1_tokenizer.train import build_model, parse_args
 from stage1_tokenizer.vqgan_networks import AttentionBlock, ResnetBlock, VQGANDecoder
 
 RELEASE = Path(__file__).parent / "fixtures" / "release_0_1"
@@ -170,3 +172,68 @@ def test_a_conv_config_json_holds_exactly_the_fields_vqgen_0_1_wrote(tmp_path, k
 def test_bad_architecture_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         VQVAEConfig(**options)
+
+
+# -- presets ----------------------------------------------------------------------------------------------
+
+def preset_model(name: str, device: str = "cpu"):
+    args = parse_args(["--preset", name])
+    with torch.device(device):
+        torch.manual_seed(0)
+        return build_model(args, args.image_size or 28, args.channels_in or 1, None), args
+
+
+@pytest.mark.parametrize("name, side, grid", [("mnist", 28, 7), ("cifar10", 32, 8)])
+def test_presets_build_models_of_their_shapes(name, side, grid):
+    model, args = preset_model(name)
+    channels = args.channels_in or 1
+    out = model.train()(torch.rand(2, channels, side, side))
+    assert out.decoded.shape == (2, channels, side, side) and out.codes.shape == (2, grid, grid)
+
+
+def test_the_vq16_preset_is_llamagens_vq16():
+    model, _ = preset_model("vq16-256", device="meta")  # 70 M parameters: shapes only, nothing allocated
+    assert model.grid_shape == (16, 16) and model.codebook_size == 16384 and model.config.code_dim == 8
+    assert model.config.quantizer.l2_normalize
+    assert attention_blocks(model.encoder) == 2 + 1 and attention_blocks(model.decoder) == 3 + 1  # at 16², middle
+    z = model.encoder(torch.empty(1, 3, 256, 256, device="meta"))
+    assert z.shape == (1, 8, 16, 16)
+    assert model.decoder(z).shape == (1, 3, 256, 256)
+    assert 65e6 < parameter_count("vq16-256") < 75e6  # LlamaGen's VQ-16: ~72 M with its z_channels convs
+
+
+def test_parameter_counts_of_the_presets():
+    assert parameter_count("mnist") == sum(p.numel() for p in VQVAE().parameters())
+    assert 2e6 <= parameter_count("cifar10") <= 8e6
+
+
+def test_flags_override_a_preset_and_the_rest_of_it_stays():
+    args = parse_args(["--preset", "cifar10", "--codebook_size", "64", "--no-l2_normalize"])
+    assert args.codebook_size == 64 and args.l2_normalize is False
+    assert args.architecture == "vqgan" and args.channel_multipliers == [1, 2, 4] and args.image_size == 32
+    assert "adversarial" in args.extra_losses
+    assert parse_args(["--codebook_size", "64"]).architecture == "conv"  # no preset: the plain defaults
+
+
+def test_a_config_file_overrides_a_preset_and_may_name_it(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"preset": "cifar10", "channels": 48}))
+    args = parse_args(["--config", str(config), "--learning_rate", "0.01"])
+    assert args.preset == "cifar10" and args.architecture == "vqgan"
+    assert args.channels == 48 and args.learning_rate == 0.01
+
+
+def test_a_preset_leaves_its_quantiser_options_unused_for_another_quantiser():
+    args = parse_args(["--preset", "cifar10", "--quantizer", "fsq"])
+    assert args.quantizer == "fsq"
+    with pytest.raises(SystemExit):  # but options the user gives for an unused quantiser are still refused
+        parse_args(["--preset", "cifar10", "--quantizer", "fsq", "--codebook_size", "64"])
+
+
+def test_a_preset_needing_an_option_this_install_lacks_is_refused(monkeypatch, capsys):
+    monkeypatch.setitem(PRESETS, "broken", Preset("needs a plugin", {"extra_losses": ["not_registered"]}))
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "broken"])
+    assert "not_registered" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "no-such-preset"])
