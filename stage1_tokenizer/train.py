@@ -27,7 +27,7 @@ from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, flag_n
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
-from .losses import LOSSES, LossSum, build_loss
+from .losses import LOSSES, LossConfigurationError, LossSum, build_loss
 from .presets import add_preset_argument
 from .quantizers import QUANTIZERS
 from vqgen.checkpointing import isolated_rng
@@ -128,7 +128,10 @@ def build_model(args: argparse.Namespace, image_size: int, image_channels: int, 
 
 def build_training_loss(args: argparse.Namespace, model: PretrainedModel) -> LossSum:
     options = {name: dataclass_from_arguments(loss.config_class, args) for name, loss in LOSSES.items()}
-    return build_loss(model, args.extra_losses, options)
+    try:
+        return build_loss(model, args.extra_losses, options)
+    except LossConfigurationError as e:  # the user's to fix (weights to provide, an option): the message, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 def batch_to_inputs(batch: dict[str, torch.Tensor], binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
