@@ -1,7 +1,8 @@
-"""The convolutional encoder and decoder shared by VQVAE, VAE and CVAE.
+"""The conv encoder and decoder (architecture "conv", vqgen 0.1's network) of VQVAE, VAE and CVAE.
 
-Every model in stage 1 uses these two classes unchanged; only what sits between them
-(a quantiser, a Gaussian posterior, label conditioning) differs.
+Their module names and initialisation order are what every saved conv model's weights were written
+against: change neither. The models differ only in what sits between encoder and decoder (a quantiser,
+a Gaussian posterior, label conditioning); `architectures.py` picks this network or the VQGAN one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
     # GroupNorm, not BatchNorm: statistics must not depend on the batch split across processes.
     return nn.GroupNorm(num_groups=min(32, channels // 4) or 1, num_channels=channels)
 
@@ -21,10 +22,10 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            _norm(channels),
+            group_norm(channels),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
-            _norm(channels),
+            group_norm(channels),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
@@ -50,7 +51,7 @@ class Encoder(nn.Module):
         for _ in range(num_downsamples):
             layers += [nn.SiLU(), nn.Conv2d(channels, channels, 4, stride=2, padding=1)]
         layers += [ResBlock(channels) for _ in range(num_res_blocks)]
-        layers += [_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 1)]
+        layers += [group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,7 @@ class Decoder(nn.Module):
         layers += [ResBlock(channels) for _ in range(num_res_blocks)]
         for _ in range(num_upsamples):
             layers += [nn.SiLU(), nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)]
-        layers += [_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+        layers += [group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     @property

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .networks import _norm
+from .networks import group_norm
 
 
 class ResnetBlock(nn.Module):
@@ -29,9 +29,9 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.norm1 = _norm(in_channels)
+        self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
+        self.norm2 = group_norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -46,7 +46,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -140,7 +140,7 @@ class VQGANEncoder(_CheckpointedStack):
                 side //= 2
         self.blocks = nn.ModuleList(blocks)
         self.middle = _middle(c, mid_attention)
-        self.norm_out = _norm(c)
+        self.norm_out = group_norm(c)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +184,7 @@ class VQGANDecoder(_CheckpointedStack):
                 blocks.append(Upsample(c))
                 side *= 2
         self.blocks = nn.ModuleList(blocks)
-        self.norm_out = _norm(c)
+        self.norm_out = group_norm(c)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
     @property
