@@ -233,7 +233,9 @@ def _explain(fn, *args):
         torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"l2_normalize": True}, {"ema_decay": None}, {"dead_code_threshold": 0.0}])
+@pytest.mark.parametrize("kwargs", [{}, {"l2_normalize": True}, {"ema_decay": None}, {"dead_code_threshold": 0.0},
+                                    {"rotation_trick": True}, {"rotation_trick": True, "l2_normalize": True,
+                                                               "ema_decay": None}])
 def test_forward_after_initialisation_is_one_graph_without_breaks(kwargs):
     kwargs = {"dead_code_threshold": 1.0, **kwargs}
     q = VectorQuantizer(16, 4, init="kmeans", **kwargs).train()
@@ -246,7 +248,8 @@ def test_forward_after_initialisation_is_one_graph_without_breaks(kwargs):
     assert _explain(q.nearest, z).graph_break_count == 0
 
 
-def _compiled_against_eager(backend: str, l2_normalize: bool, monkeypatch, steps: int = 3) -> list[str]:
+def _compiled_against_eager(backend: str, l2_normalize: bool, monkeypatch, steps: int = 3,
+                            rotation_trick: bool = False) -> list[str]:
     """Train an eager quantiser and a compiled copy side by side; return what differed (empty: nothing)."""
     import copy
 
@@ -255,7 +258,8 @@ def _compiled_against_eager(backend: str, l2_normalize: bool, monkeypatch, steps
     monkeypatch.setattr(vector, "BLOCK_BYTES_CPU", 4 * 16 * 5)  # blocks of 5 rows: both blocked paths run
     torch.manual_seed(0)
     zs = [torch.randn(2, 4, 3, 3) for _ in range(steps + 1)]
-    eager = VectorQuantizer(16, 4, init="data", dead_code_threshold=1.0, l2_normalize=l2_normalize).train()
+    eager = VectorQuantizer(16, 4, init="data", dead_code_threshold=1.0, l2_normalize=l2_normalize,
+                            rotation_trick=rotation_trick).train()
     eager.initialize_(zs[0])
     eager.cluster_size[:5] = 0.0  # dead: the restart path runs in the very first compiled step
     copied = copy.deepcopy(eager)
@@ -289,18 +293,20 @@ def _compiled_against_eager(backend: str, l2_normalize: bool, monkeypatch, steps
     return differences
 
 
+@pytest.mark.parametrize("rotation_trick", [False, True])
 @pytest.mark.parametrize("l2_normalize", [False, True])
-def test_compiled_training_steps_match_eager_ones(l2_normalize, monkeypatch):
+def test_compiled_training_steps_match_eager_ones(l2_normalize, rotation_trick, monkeypatch):
     # aot_eager traces the whole step (dynamo + AOT autograd, buffer mutations functionalised) without
     # inductor's code generation; the inductor test below checks the generated code too (~15-20 s on 2 CPU cores).
-    assert _compiled_against_eager("aot_eager", l2_normalize, monkeypatch) == []
+    assert _compiled_against_eager("aot_eager", l2_normalize, monkeypatch, rotation_trick=rotation_trick) == []
 
 
-def test_inductor_compiled_training_steps_match_eager_ones(monkeypatch):
+@pytest.mark.parametrize("rotation_trick", [False, True])
+def test_inductor_compiled_training_steps_match_eager_ones(rotation_trick, monkeypatch):
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(fallback_random=True):  # eager's random stream, so the restarts agree
-        assert _compiled_against_eager("inductor", True, monkeypatch) == []
+        assert _compiled_against_eager("inductor", True, monkeypatch, rotation_trick=rotation_trick) == []
 
 
 def test_compiling_without_fullgraph_initialises_eagerly_on_the_first_call():

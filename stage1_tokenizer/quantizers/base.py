@@ -17,7 +17,7 @@ from torch import nn
 
 @dataclass
 class QuantizerOutput:
-    quantized: torch.Tensor  # b d h w, straight-through: forward = quantised values, backward reaches z
+    quantized: torch.Tensor  # b d h w: forward = quantised values, backward reaches z (straight-through or rotated)
     codes: torch.Tensor  # b h w, long, in [0, codebook_size)
     counts: torch.Tensor  # K, float: how often each code was chosen in this batch, summed over processes
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # already weighted; the training loss adds them

@@ -29,6 +29,8 @@ class VectorQuantizerConfig:
     dead_code_threshold: float = option(1.0, "restart codes whose EMA count per step falls below this; 0 disables")
     codebook_init: Literal["kmeans", "data", "random"] = option("kmeans", "codebook initialisation")
     l2_normalize: bool = option(False, "l2-normalised (cosine) codes")
+    rotation_trick: bool = option(False, "gradient to the encoder through a rotation + rescale of it onto its code "
+                                         "(Fifty et al. 2024) instead of the straight-through copy")
 
     def __post_init__(self) -> None:
         if self.ema_decay == 0:  # the command line's spelling of "learn the codebook by gradient"
@@ -91,6 +93,45 @@ def _(x: torch.Tensor, codebook: torch.Tensor, max_block_bytes: int) -> torch.Te
     return x.new_empty(x.shape[0], dtype=torch.long)
 
 
+# Below these norms the rotation is undefined (no direction to rotate from or to), or (for e + q nearly
+# zero: e and q antipodal) its Householder vector r cannot be normalised accurately in float32; see
+# `rotate_onto`.
+ROTATION_MIN_NORM = 1e-6
+ROTATION_MIN_HALFWAY = 1e-4
+
+
+def rotate_onto(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """`n d, n d -> n d`: the rotation trick (Fifty et al. 2024, arXiv 2410.06424), in its Householder form.
+
+    Returns (||q|| / ||e||) R e, where R = I - 2 r r^T + 2 q^ e^T with r = (e^ + q^) / ||e^ + q^|| is the
+    rotation taking the direction e^ of e onto that q^ of q (so the value is q, up to rounding). The
+    scale and R are constants, so the gradient reaching e is (||q|| / ||e||) R^T g for the upstream
+    gradient g: g turned by the rotation that takes q^ back onto e^, so the angle between the gradient
+    at e and e is the angle between g and q. R is applied as two dot products per row, never as a
+    `d d` matrix.
+
+    Safe where the rotation is undefined, with finite coefficients everywhere (so that no inf or nan
+    reaches the backward pass): a row with ||e|| or ||q|| below `ROTATION_MIN_NORM` passes the gradient
+    straight through (R = I, scale 1); where e^ and q^ are antipodal (||e^ + q^|| below
+    `ROTATION_MIN_HALFWAY`, where r is mostly rounding error) r is dropped, so that R = I + 2 q^ e^T,
+    which is the reflection I - 2 e^ e^T taking e^ onto q^ = -e^.
+    """
+    # The coefficients come from detached copies (not a no_grad block), so that they are constants for
+    # forward-mode differentiation (torch.func.jvp) too.
+    e_const, q_const = e.detach(), q.detach()
+    e_norm, q_norm = e_const.norm(dim=1, keepdim=True), q_const.norm(dim=1, keepdim=True)
+    defined = (e_norm > ROTATION_MIN_NORM) & (q_norm > ROTATION_MIN_NORM)
+    e_hat = torch.where(defined, e_const / e_norm.clamp_min(ROTATION_MIN_NORM), 0.0)
+    q_hat = torch.where(defined, q_const / q_norm.clamp_min(ROTATION_MIN_NORM), 0.0)
+    halfway = e_hat + q_hat
+    halfway_norm = halfway.norm(dim=1, keepdim=True)
+    r = torch.where(halfway_norm > ROTATION_MIN_HALFWAY, halfway / halfway_norm.clamp_min(ROTATION_MIN_HALFWAY), 0.0)
+    scale = torch.where(defined, q_norm / e_norm.clamp_min(ROTATION_MIN_NORM), 1.0)
+    # R e = e - 2 r (r.e) + 2 q^ (e^.e): linear in e, with every coefficient a constant
+    rotated = e - 2 * r * (r * e).sum(1, keepdim=True) + 2 * q_hat * (e_hat * e).sum(1, keepdim=True)
+    return scale * rotated
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ seeding on `n d` vectors; returns (`k d` centroids, `k` cluster sizes)."""
     # k-means++: each new seed is drawn with probability proportional to its squared distance to the
@@ -129,6 +170,9 @@ class VectorQuantizer(Quantizer):
             from a random current encoder output; 0 disables restarts.
         init: "kmeans" (k-means on the first batch), "data" (random first-batch vectors) or "random".
         l2_normalize: compare and decode l2-normalised vectors (cosine-similarity codebook).
+        rotation_trick: the encoder's gradient comes through `rotate_onto` (a rotation and rescaling
+            of each encoder output onto its code, treated as a constant) instead of being copied
+            straight through; the forward value is the code either way.
         epsilon: Laplace smoothing of EMA cluster sizes.
 
     Under several processes the counts and sums are all-reduced and initialisation/restarts are
@@ -152,7 +196,7 @@ class VectorQuantizer(Quantizer):
     def from_config(cls, config: VectorQuantizerConfig, dim: int) -> VectorQuantizer:
         return cls(config.codebook_size, dim, beta=config.beta, ema_decay=config.ema_decay,
                    dead_code_threshold=config.dead_code_threshold, init=config.codebook_init,
-                   l2_normalize=config.l2_normalize)
+                   l2_normalize=config.l2_normalize, rotation_trick=config.rotation_trick)
 
     def __init__(
         self,
@@ -164,6 +208,7 @@ class VectorQuantizer(Quantizer):
         dead_code_threshold: float = 1.0,
         init: CodebookInit = "kmeans",
         l2_normalize: bool = False,
+        rotation_trick: bool = False,
         kmeans_iters: int = 10,
         epsilon: float = 1e-5,
     ) -> None:
@@ -175,6 +220,7 @@ class VectorQuantizer(Quantizer):
         self._codebook_size, self.dim, self.beta = codebook_size, dim, beta
         self.ema_decay, self.dead_code_threshold, self.init = ema_decay, dead_code_threshold, init
         self.l2_normalize, self.kmeans_iters, self.epsilon = l2_normalize, kmeans_iters, epsilon
+        self.rotation_trick = rotation_trick
 
         codebook = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
         self.codebook = nn.Parameter(codebook, requires_grad=ema_decay is None)
@@ -248,17 +294,24 @@ class VectorQuantizer(Quantizer):
         # which torch.compile cannot put in a graph.
         ones = torch.ones(codes.shape[0], device=codes.device, dtype=torch.float32)
         counts = torch.zeros(self.codebook_size, device=codes.device, dtype=torch.float32)
-        counts = all_reduce_sum_(counts.index_add_(0, codes, ones))
-        if self.training:
+        counts = counts.index_add_(0, codes, ones)
+        if self.training:  # summed over processes in training only (see FiniteScalarQuantizer.forward)
+            counts = all_reduce_sum_(counts)
             self._update(flat.detach(), codes, counts)
 
-        straight_through = flat + (quantized - flat).detach()
+        if self.rotation_trick:
+            # The value is the code itself (t - t.detach() is exactly 0), so rounding in the rotation never
+            # reaches the decoder; only the gradient comes from `rotate_onto`.
+            rotated = rotate_onto(flat, quantized.detach())
+            passed = quantized.detach() + (rotated - rotated.detach())
+        else:
+            passed = flat + (quantized - flat).detach()  # straight-through
         # Under EMA the codebook moves by averaging, so its term would only add a constant to the loss.
         losses = {"commitment_loss": commitment_loss}
         if self.ema_decay is None:
             losses["codebook_loss"] = F.mse_loss(quantized, flat.detach())
         return QuantizerOutput(
-            quantized=straight_through.reshape(b, h, w, -1).permute(0, 3, 1, 2),
+            quantized=passed.reshape(b, h, w, -1).permute(0, 3, 1, 2),
             codes=codes.reshape(b, h, w),
             counts=counts,
             losses=losses,
