@@ -5,8 +5,11 @@
 The N samples are cut into shards of `--batch_size` consecutive indices; process r draws shards
 r, r + P, r + 2P, ... and writes each as `OUT/shards/shard-XXXXXX.npz` (atomically). Sample i is
 seeded from (seed, i), so 1 process and P processes give identical images. A rerun skips shards
-already on disk. When every shard is there, the main process writes `OUT/samples.npz` (`images`
-uint8 `n h w c`, `labels`, `seeds`) and `OUT/samples.png`.
+already on disk. When every shard is there, the main process merges them one shard at a time (never
+holding the whole set) into `OUT/samples.npz` (`images` uint8 `n h w c`, `labels`, `seeds`), into
+`OUT/samples_adm.npz` in the layout of OpenAI's guided-diffusion evaluation suite (`arr_0` uint8
+`n h w 3`, grey images repeated to RGB as its Inception takes them; `arr_1` the labels of a
+class-conditional run), and writes `OUT/samples.png`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from vqgen.atomic_io import atomic_write_bytes, atomic_write_text
+
+from .npz_writer import NpzWriter
 from vqgen.image_grid import save_image_grid
 
 from .labels import resolve_labels
@@ -34,6 +39,7 @@ from .sampling import sample_images
 from .seeds import sample_seed
 
 MANIFEST = "manifest.json"
+SAMPLES, ADM_SAMPLES = "samples.npz", "samples_adm.npz"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", required=True, help="folder or Hub id of a pipeline, VAE or CVAE")
     p.add_argument("--num_samples", type=int, required=True, help="how many images")
-    p.add_argument("--out", required=True, help="output folder (shards/, samples.npz, samples.png)")
+    p.add_argument("--out", required=True, help="output folder (shards/, samples.npz, samples_adm.npz, samples.png)")
     p.add_argument("--class_labels", nargs="+", default=None,
                    help="class ids or names: one for all samples, or cycled over the samples (e.g. 0 1 2 ... 9)")
     p.add_argument("--seed", type=int, default=0, help="sample i is drawn with seed (seed, i)")
@@ -83,6 +89,27 @@ def write_shard(path: Path, images: torch.Tensor, labels: torch.Tensor | None, s
     pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     write_npz(path, images=pixels, labels=np.full(len(seeds), -1) if labels is None else labels.numpy(),
               seeds=np.asarray(seeds, dtype=np.uint64))
+
+
+def merge_shards(shards: list[Path], out: Path, *, num_samples: int, conditional: bool) -> None:
+    """Stream the shards, in order, into `samples.npz` and the ADM-layout `samples_adm.npz`; grid of the first 100."""
+    with np.load(shards[0]) as first:
+        h, w, c = first["images"].shape[1:]
+    arrays = {"images": ((num_samples, h, w, c), np.uint8), "labels": ((num_samples,), np.int64),
+              "seeds": ((num_samples,), np.uint64)}
+    adm = {"arr_0": ((num_samples, h, w, 3), np.uint8)} | ({"arr_1": ((num_samples,), np.int64)} if conditional else {})
+    grid = []
+    with NpzWriter(out / SAMPLES, arrays) as ours, NpzWriter(out / ADM_SAMPLES, adm) as theirs:
+        for path in shards:
+            with np.load(path) as shard:
+                images = shard["images"]
+                ours.write(images=images, labels=shard["labels"].astype(np.int64), seeds=shard["seeds"])
+                theirs.write(arr_0=np.broadcast_to(images, (*images.shape[:3], 3)),
+                             **({"arr_1": shard["labels"].astype(np.int64)} if conditional else {}))
+            if sum(len(g) for g in grid) < 100:
+                grid.append(images[: 100 - sum(len(g) for g in grid)])
+    save_image_grid(torch.from_numpy(np.concatenate(grid)).permute(0, 3, 1, 2).float() / 255, out / "samples.png",
+                    nrow=10)
 
 
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -133,15 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {"num_samples": args.num_samples, "processes_seen": len(written_per_process),
                "shards_written_per_process": written_per_process, "shards_total": len(starts)}
     if state.is_main_process:
-        shards = [np.load(out / "shards" / f"shard-{s // args.batch_size:06d}.npz") for s in starts]
-        images = np.concatenate([s["images"] for s in shards])
-        write_npz(out / "samples.npz", images=images, labels=np.concatenate([s["labels"] for s in shards]),
-                  seeds=np.concatenate([s["seeds"] for s in shards]))
-        grid = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 255
-        save_image_grid(grid, out / "samples.png", nrow=10)
+        merge_shards([out / "shards" / f"shard-{s // args.batch_size:06d}.npz" for s in starts], out,
+                     num_samples=args.num_samples, conditional=labels is not None)
         atomic_write_text(out / "sampling_summary.json", json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
-        print(f"wrote {out / 'samples.npz'} ({len(images)} images) and {out / 'samples.png'}")
+        print(f"wrote {out / SAMPLES} and {out / ADM_SAMPLES} ({args.num_samples} images) and {out / 'samples.png'}")
     state.wait_for_everyone()
     return summary
 

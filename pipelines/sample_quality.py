@@ -18,12 +18,46 @@ def _check_features(a: torch.Tensor, b: torch.Tensor, min_rows: int) -> None:
         raise ValueError(f"need at least {min_rows} rows per set, got {len(a)} and {len(b)}")
 
 
-def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+class FrechetStatistics:
+    """Running float64 sums of a feature set, `n d` rows at a time: enough for its mean and covariance.
+
+    Holding sum(x) and sum(x x^T) instead of the rows lets a split of any size be scored batch by batch.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.count = 0
+        self.total = torch.zeros(dim, dtype=torch.float64)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add `b d` rows."""
+        if features.ndim != 2 or features.shape[1] != len(self.total):
+            raise ValueError(f"expected `b {len(self.total)}` features, got {tuple(features.shape)}")
+        x = features.detach().to("cpu", torch.float64)
+        self.count += len(x)
+        self.total += x.sum(0)
+        self.outer += x.T @ x
+
+    def mean_and_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`d` mean and `d d` unbiased covariance (as torch.cov)."""
+        if self.count < 2:
+            raise ValueError(f"need at least 2 rows per set, got {self.count}")
+        mean = self.total / self.count
+        return mean, (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> FrechetStatistics:
+        stats = cls(features.shape[1])
+        stats.update(features)
+        return stats
+
+
+def frechet_distance_of_statistics(real: FrechetStatistics, fake: FrechetStatistics) -> float:
     """||mu_r - mu_f||^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2)) of the two sets' Gaussians."""
-    _check_features(real, fake, min_rows=2)
-    real, fake = real.double(), fake.double()
-    mu_r, mu_f = real.mean(0), fake.mean(0)
-    cov_r, cov_f = torch.cov(real.T), torch.cov(fake.T)
+    if len(real.total) != len(fake.total):
+        raise ValueError(f"the two feature sets differ in width: {len(real.total)} and {len(fake.total)}")
+    mu_r, cov_r = real.mean_and_covariance()
+    mu_f, cov_f = fake.mean_and_covariance()
     # tr((S_r S_f)^(1/2)) = sum of the square roots of the eigenvalues of S_r S_f, which are real and
     # non-negative (S_r S_f is similar to a PSD matrix); tiny negative or imaginary parts are round-off.
     eigenvalues = torch.linalg.eigvals(cov_r @ cov_f).real.clamp_min(0)
@@ -31,6 +65,12 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     if not torch.isfinite(distance):
         raise ValueError("the features contain NaN or inf: did sampling diverge?")
     return max(distance.item(), 0.0)
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The Fréchet distance of two `n d` feature sets held in memory (see `frechet_distance_of_statistics`)."""
+    _check_features(real, fake, min_rows=2)
+    return frechet_distance_of_statistics(FrechetStatistics.of(real), FrechetStatistics.of(fake))
 
 
 def _kth_neighbour_radii(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:

@@ -182,7 +182,7 @@ def test_evaluate_a_tokenizer_alone_and_without_optional_inputs(tmp_path):
     assert result["samples"].startswith("not applicable")
     assert result["anomaly_detection"].startswith("skipped: pass --anomaly_dataset")
     result = evaluate(family("vae"), "embedded", max_test_samples=30, iwae_k=2, iwae_images=2, progress=False)
-    assert "benchmarks/feature_classifier.py" in result["samples"]
+    assert "vqgen-feature-classifier" in result["samples"]
 
 
 def test_evaluate_cli_writes_json_and_prints_a_table_line(tmp_path, classifier_dir, capsys):
@@ -201,7 +201,7 @@ def test_evaluate_refuses_mismatched_data_and_a_missing_classifier(tmp_path, cla
     small = VAE(image_size=16, channels=8, num_res_blocks=1, latent_dim=4)
     with pytest.raises(ValueError, match=r"shape \(1, 28, 28\) but the model takes \(1, 16, 16\)"):
         evaluate(small, "embedded", max_test_samples=10, progress=False)
-    with pytest.raises(FileNotFoundError, match="benchmarks/feature_classifier.py"):
+    with pytest.raises(FileNotFoundError, match="vqgen-feature-classifier"):
         run(family("vae"), tmp_path / "nowhere")
     with pytest.raises(ValueError, match="num_samples must be at least 1"):
         run(family("vae"), classifier_dir, num_samples=0)
