@@ -223,5 +223,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The `vqgen-feature-classifier` entry point: a console script exits with what it returns, and `main`'s
+    result dict would read as a failure."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    command()

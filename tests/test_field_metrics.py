@@ -258,13 +258,19 @@ def test_classifier_command_trains_and_records_its_test_accuracy(tmp_path):
     assert FeatureClassifier.load(tmp_path / "clf").config.width == 32
 
 
-def test_classifier_command_is_installed():
+def test_classifier_command_is_installed(tmp_path):
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["vqgen-feature-classifier"] == "pipelines.feature_classifier:main"
+    assert scripts["vqgen-feature-classifier"] == "pipelines.feature_classifier:command"
     path = Path(shutil.which("vqgen-feature-classifier") or Path(sys.executable).parent / "vqgen-feature-classifier")
     if not path.is_file():
         pytest.skip(f"{path} not found: reinstall vqgen (`pip install -e .`) to create the command")
     result = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0 and "--dataset" in result.stdout and "test accuracy" in result.stdout
+    broken = subprocess.run([str(path), "--dataset", "embedded"], capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 2 and "--out" in broken.stderr  # argparse's usage error, not a traceback
+    trained = subprocess.run([str(path), "--dataset", "embedded", "--out", str(tmp_path / "clf"), "--epochs", "1"],
+                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert trained.returncode == 0, trained.stderr[-2000:]  # success exits 0 (main's dict is not the exit status)
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["test_accuracy"] > 0.5
