@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vqgen.atomic_io import atomic_path
-from vqgen.data import DEFAULT_DATASET, images_to_tensor, load_image_dataset
+from vqgen.data import DEFAULT_DATASET, image_tensors
 from vqgen.image_grid import save_image_grid
 
 from . import latent_tools as lt
@@ -90,10 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_images(spec: str, model: GenerativeModel, num: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first `num` test images of `spec` in the model's geometry (`b c h w` in [0, 1]) and their labels."""
     config = model.autoencoder.config
-    ds = load_image_dataset(spec, "test", image_size=config.image_size, channels=config.image_channels,
-                            max_samples=num).with_format("torch")
-    batch = ds[:]
-    return images_to_tensor(batch["image"]), batch.get("label")
+    return image_tensors(spec, "test", max_samples=num, image_size=config.image_size, channels=config.image_channels)
 
 
 def pick(spec: str, model: GenerativeModel, *indices: int) -> tuple[torch.Tensor, torch.Tensor | None]:

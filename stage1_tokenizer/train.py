@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, flag_name, import_plugins,
+from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, exit_on, flag_name, import_plugins,
                        option, parse_arguments)
 
 from . import CVAE, VAE, VQVAE, PretrainedModel, codebook_usage
@@ -31,7 +31,8 @@ from .losses import LOSSES, LossConfigurationError, LossSum, build_loss
 from .presets import add_preset_argument
 from .quantizers import QUANTIZERS
 from vqgen.checkpointing import isolated_rng
-from vqgen.data import DEFAULT_DATASET, class_names, images_to_tensor, load_image_dataset
+from vqgen.data import (DATA_ERRORS, DEFAULT_DATASET, DataAugmentation, ImageDataset, images_to_tensor,
+                        load_image_dataset, load_image_stream, spread_indices)
 from vqgen.image_grid import class_grid_labels, save_image_grid, save_reconstruction_grid
 from vqgen.image_metrics import psnr_from_mse
 from vqgen.training import (
@@ -44,6 +45,7 @@ from vqgen.training import (
     auxiliary_step,
     optimizer_step,
     prepare_training,
+    sharded_loader,
     stop_on_signals,
 )
 
@@ -62,6 +64,12 @@ class Stage1Arguments:
     quantizer: str = option("vq", "the VQ-VAE's quantiser", choices=lambda: sorted(QUANTIZERS))
     extra_losses: list[str] = option(default_factory=list, help="losses added to the model's own",
                                      choices=lambda: sorted(LOSSES))
+    streaming: bool = option(False, "stream the dataset (a Hub id, or a folder of Parquet / WebDataset shards) instead "
+                                    "of indexing it: for data larger than the disk cache; needs --image_size and "
+                                    "--channels_in")
+    shuffle_buffer: int = option(10_000, "with --streaming: examples in the shuffle buffer (0: stream order)")
+    skip_bad_images: bool = option(False, "leave out unusable image files (empty, not an image, cut short), with a "
+                                          "warning naming them, instead of refusing the dataset")
     binarize: bool = option(False, "dynamic binarisation: every batch (train and test) becomes x ~ Bernoulli(pixel); the "
                                    "setting of the published MNIST likelihood tables (needs --likelihood bernoulli)")
 
@@ -75,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_training_args(p, output_dir="runs/stage1", batch_size=128, learning_rate=1e-3, weight_decay=0.0)
     add_dataclass_arguments(p.add_argument_group("data and model"), Stage1Arguments)
+    add_dataclass_arguments(p.add_argument_group("data augmentation (training only)"), DataAugmentation)
     geometry = ("image_size", "image_channels", "class_names")
     add_dataclass_arguments(p.add_argument_group("architecture (shared encoder/decoder)"), AutoencoderConfig,
                             exclude=geometry)
@@ -143,38 +152,55 @@ def batch_to_inputs(batch: dict[str, torch.Tensor], binarize: bool = False) -> t
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loss_fn: LossSum, loader: DataLoader, step: int,
              binarize: bool = False) -> dict[str, float]:
-    """Test-split metrics, combined over processes: MSE, PSNR, the loss terms, usage/perplexity for VQ."""
+    """Test-split metrics over every process's part of the split: MSE, PSNR, the loss terms, usage/perplexity for VQ.
+
+    Each process sums over its own batches (no collective inside the loop, so parts of unequal length are
+    fine), and the sums are reduced once.
+    """
     unwrapped = accelerator.unwrap_model(model)
-    model.eval()
+    unwrapped.eval()
     loss_fn.eval()  # a loss with dropout or batch statistics of its own must not change while scoring
     sums: dict[str, float] = {}
-    per_image_mse, all_codes = [], []
-    local_count = 0
+    code_counts = torch.zeros(unwrapped.codebook_size if unwrapped.is_discrete else 0, dtype=torch.float64,
+                              device=accelerator.device)
     for batch in loader:
-        images, labels = batch_to_inputs(batch, binarize)
-        out = model(images, labels)
+        images, labels = batch_to_inputs(to_device(batch, accelerator.device), binarize)
+        out = unwrapped(images, labels)
         terms = loss_fn(out, images, step)
-        recon = unwrapped.reconstruct(images, labels)
-        per_image_mse.append(accelerator.gather_for_metrics((recon.float() - images.float()).pow(2).flatten(1).mean(1)))
-        for name, value in terms.floats().items():
-            sums[name] = sums.get(name, 0.0) + value * images.shape[0]
-        local_count += images.shape[0]
+        per_image_mse = (unwrapped.reconstruct(images, labels).float() - images.float()).pow(2).flatten(1).mean(1)
+        parts = {**{name: value * images.shape[0] for name, value in terms.floats().items()},
+                 "mse": per_image_mse.sum().item(), "psnr": psnr_from_mse(per_image_mse).sum().item(),
+                 "count": float(images.shape[0])}
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + value
         if out.codes is not None:
-            all_codes.append(accelerator.gather_for_metrics(out.codes))
-    model.train()
+            code_counts += torch.bincount(out.codes.flatten(), minlength=code_counts.numel()).double()
+    unwrapped.train()
     loss_fn.train()
-    # the loss terms are per-process batch means: weight them by images and sum over processes
-    names = sorted(sums)
-    totals = accelerator.reduce(torch.tensor([sums[k] for k in names] + [float(local_count)], device=accelerator.device,
+    if not sums:
+        raise SystemExit(f"process {accelerator.process_index} has no test images: evaluate on at least as many "
+                         f"images as processes ({accelerator.num_processes}); raise --max_eval_samples")
+    names = ["count", *sorted(k for k in sums if k != "count")]
+    totals = accelerator.reduce(torch.tensor([sums.get(k, 0.0) for k in names], device=accelerator.device,
                                              dtype=torch.float64), reduction="sum").tolist()
-    metrics = {f"test/{k}": v / totals[-1] for k, v in zip(names, totals[:-1])}
-    mse = torch.cat(per_image_mse)
-    metrics["test/mse"] = mse.mean().item()
-    metrics["test/psnr"] = psnr_from_mse(mse).mean().item()
-    if all_codes:
-        counts = torch.bincount(torch.cat(all_codes).flatten(), minlength=unwrapped.codebook_size)
+    metrics = {f"test/{k}": v / max(totals[0], 1.0) for k, v in zip(names[1:], totals[1:])}
+    if unwrapped.is_discrete:
+        counts = accelerator.reduce(code_counts, reduction="sum")
         metrics["test/codebook_usage"], metrics["test/perplexity"] = codebook_usage(counts)
     return metrics
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def grid_batch(test_set: ImageDataset | torch.utils.data.IterableDataset, n: int = 32) -> dict[str, torch.Tensor]:
+    """The test images the grids show: a mix of classes (a class-sorted folder's first images are one class)."""
+    if isinstance(test_set, ImageDataset):
+        items = test_set.__getitems__(spread_indices(test_set.labels, len(test_set), n))
+    else:
+        items = [item for item, _ in zip(test_set, range(n))]
+    return torch.utils.data.default_collate(items)
 
 
 @torch.no_grad()
@@ -197,26 +223,43 @@ def write_grids(accelerator: Accelerator, model: torch.nn.Module, batch: dict[st
     return paths
 
 
+def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> tuple[ImageDataset, ImageDataset]:
+    """The training split (augmented) and the test split (centre crops, at the training split's geometry);
+    streamed, each process's part of the stream. Rank 0 builds any cached index first."""
+    augmentation = dataclass_from_arguments(DataAugmentation, args)
+    with accelerator.main_process_first():
+        if args.streaming:
+            stream = dict(image_size=args.image_size, channels=args.channels_in, seed=args.seed,
+                          rank=accelerator.process_index, world_size=accelerator.num_processes)
+            return (load_image_stream(args.dataset, "train", max_samples=args.max_train_samples,
+                                      augmentation=augmentation, shuffle_buffer=args.shuffle_buffer, **stream),
+                    load_image_stream(args.dataset, "test", max_samples=args.max_eval_samples, **stream))
+        train_set = load_image_dataset(args.dataset, "train", image_size=args.image_size, channels=args.channels_in,
+                                       max_samples=args.max_train_samples, augmentation=augmentation,
+                                       skip_bad_images=args.skip_bad_images, seed=args.seed)
+        test_set = load_image_dataset(args.dataset, "test", image_size=train_set.image_size, channels=train_set.channels,
+                                      max_samples=args.max_eval_samples, skip_bad_images=args.skip_bad_images)
+    return train_set, test_set
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     accelerator = make_accelerator(args)
     output_dir = Path(args.output_dir)
     log = accelerator.print
 
-    with accelerator.main_process_first():
-        train_set = load_image_dataset(args.dataset, "train", image_size=args.image_size, channels=args.channels_in,
-                                       max_samples=args.max_train_samples, seed=args.seed)
-        test_set = load_image_dataset(args.dataset, "test", image_size=args.image_size, channels=args.channels_in,
-                                      max_samples=args.max_eval_samples, seed=args.seed)
-    names = class_names(train_set)
-    c, h, _ = train_set.features["image"].shape
+    train_set, test_set = load_splits(args, accelerator)
+    names = train_set.class_names
+    c, h, _ = train_set.image_shape
     model = build_model(args, h, c, names)
+    sizes = "streamed" if args.streaming else f"{len(train_set):,} train / {len(test_set):,} test images"
     log(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{len(train_set):,} train / {len(test_set):,} test images of {c}x{h}x{h}; {accelerator.num_processes} process(es)")
+        f"{sizes} of {c}x{h}x{h}; {accelerator.num_processes} process(es)")
     loss_fn = build_training_loss(args, model).to(accelerator.device)
-    state = prepare_training(accelerator, model, train_set, test_set, args, auxiliary=loss_fn.optimizer_groups())
+    state = prepare_training(accelerator, model, train_set, None, args, auxiliary=loss_fn.optimizer_groups())
     model, step = state.model, state.step
-    grid_batch = next(iter(state.test_loader))
+    test_loader = sharded_loader(accelerator, test_set, args.eval_batch_size, args)
+    grids_of = to_device(grid_batch(test_set), accelerator.device)
 
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     model.train()
@@ -237,9 +280,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         progress.set_postfix(loss=f"{loss:.4g}")
         if step % args.eval_steps == 0 or step == args.max_steps:
             with isolated_rng(accelerator.device):
-                metrics = evaluate(accelerator, model, loss_fn, state.test_loader, step, args.binarize)
+                metrics = evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize)
                 if accelerator.is_main_process:
-                    write_grids(accelerator, model, grid_batch, output_dir / "samples", f"_step{step:07d}")
+                    write_grids(accelerator, model, grids_of, output_dir / "samples", f"_step{step:07d}")
             record = {"step": step, "train/loss": loss, "elapsed_s": round(time.time() - start, 1), **metrics}
             if accelerator.is_main_process:
                 with (output_dir / "metrics.jsonl").open("a") as f:
@@ -249,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             break
     progress.close()
 
-    metrics = evaluate(accelerator, model, loss_fn, state.test_loader, step, args.binarize)
+    metrics = evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize)
     unwrapped = accelerator.unwrap_model(model)
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(time.time() - start, 1)}
@@ -270,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "processes": accelerator.num_processes, "seed": args.seed, "binarize": args.binarize},
         }
         unwrapped.save_pretrained(output_dir, state_dict=state_dict)
-        grids = write_grids(accelerator, model, grid_batch, output_dir, "")
+        grids = write_grids(accelerator, model, grids_of, output_dir, "")
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log(json.dumps(summary))
         log("wrote " + ", ".join(str(p) for p in [output_dir / "model.safetensors", *grids]))
@@ -282,5 +325,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    with stop_on_signals():
+    with stop_on_signals(), exit_on(*DATA_ERRORS):
         main(sys.argv[1:])

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
 from vqgen.checkpointing import isolated_rng
-from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, import_plugins, option, parse_arguments
-from vqgen.data import DEFAULT_DATASET, class_names
+from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, exit_on, import_plugins, option,
+                       parse_arguments)
+from vqgen.data import DATA_ERRORS, DEFAULT_DATASET, class_names
 from vqgen.image_grid import class_grid_labels, save_image_grid
 from vqgen.training import (add_training_args, check_training_args, finish_step, make_accelerator,
                                        mean_finite_loss, model_state_dict, optimizer_step, prepare_training, stop_on_signals)
@@ -45,6 +46,9 @@ class PriorDataArguments:
     tokenizer: str | None = option(None, "folder or Hub id of a trained VQ-VAE (stage1_tokenizer.train); required")
     dataset: str = option(DEFAULT_DATASET, "any dataset spec stage 1 accepts (see its --help)")
     cache_dir: str = option(str(DEFAULT_CACHE_DIR), "where encoded code datasets are cached")
+    code_views: Literal["center", "flip", "ten_crop"] = option(
+        "center", "training sequences per image: its centre crop; also its mirror image (2x); or LlamaGen's ten crops "
+                  "of the image enlarged by 1/8 (10x). The test split is always the centre crop")
     unconditional: bool = option(False, "ignore the labels even if the dataset has them")
     label_dropout: float = option(0.1, "probability of replacing the class by the null class (enables "
                                        "classifier-free guidance)")
@@ -127,10 +131,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tokenizer = VQVAE.from_pretrained(args.tokenizer).to(accelerator.device)
     spec = TokenizerSpec.from_tokenizer(tokenizer, args.tokenizer)
-    # every process encodes its share; rank 0 writes the cache (see encode_dataset)
+    # every process encodes its part of each split into a shard of the cache (see encode_dataset)
     train_codes = encode_dataset(tokenizer, args.dataset, "train", state=accelerator, cache_dir=args.cache_dir,
+                                 num_workers=args.dataloader_num_workers, views=args.code_views,
                                  max_samples=args.max_train_samples)
     test_codes = encode_dataset(tokenizer, args.dataset, "test", state=accelerator, cache_dir=args.cache_dir,
+                                num_workers=args.dataloader_num_workers,
                                 max_samples=args.max_eval_samples)
     names = None if args.unconditional else class_names(train_codes)
     if names is None:
@@ -209,5 +215,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    with stop_on_signals():
+    with stop_on_signals(), exit_on(*DATA_ERRORS):
         main(sys.argv[1:])

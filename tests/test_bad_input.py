@@ -107,7 +107,7 @@ CASES = [
     ("empty dataset", lambda d: load_image_dataset(str(imagefolder(d, corrupt=False))), DatasetSpecError,
      "holds no images", "imagefolder tree"),
     ("corrupt image in an imagefolder", lambda d: load_image_dataset(str(imagefolder(d, corrupt=True))),
-     DatasetSpecError, "broken.png is not a readable image", "remove or replace it"),
+     DatasetSpecError, "broken.png: not a readable image", "--skip_bad_images"),
     ("missing IDX file", lambda d: load_image_dataset(str(idx_folder(d, "missing"))), DatasetSpecError,
      "lacks", "holds all four files"),
     ("truncated IDX file", lambda d: load_image_dataset(str(idx_folder(d, "truncated"))), DatasetSpecError,

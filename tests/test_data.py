@@ -1,4 +1,4 @@
-"""The data layer on real images: the embedded digits, MNIST IDX folders, imagefolder trees, the Hub."""
+"""The data layer on real images: the embedded digits, MNIST IDX folders, imagefolder trees, shards, the Hub."""
 
 import gzip
 import subprocess
@@ -16,29 +16,32 @@ from vqgen.data import DatasetSpecError, class_names, images_to_tensor, load_ima
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pixels(dataset) -> np.ndarray:
+    """Every item of a (small) dataset decoded: `n c h w` uint8."""
+    return np.stack([dataset[i]["image"].numpy() for i in range(len(dataset))])
+
+
 def test_embedded_digits_are_real_split_fixed_and_disjoint():
     train, test = load_image_dataset("embedded", "train"), load_image_dataset("embedded", "test")
     assert len(train) + len(test) == 5000 and 400 <= len(test) <= 600
     assert class_names(train) == [str(i) for i in range(10)]
-    assert set(train["label"]) == set(range(10)) == set(test["label"])
-    tr = {x.tobytes() for x in train.with_format("numpy")["image"]}
-    te = {x.tobytes() for x in test.with_format("numpy")["image"]}
+    assert set(train.labels) == set(range(10)) == set(test.labels)
+    tr = {x.tobytes() for x in pixels(train)}
+    te = {x.tobytes() for x in pixels(test)}
     assert not tr & te, "train and test share images"
     again = load_image_dataset("embedded", "test", seed=123)
-    assert again["label"] == test["label"], "the split must not depend on the run"
-    pixels = train.with_format("numpy")[0]["image"]
-    # stored as uint8 (datasets 5 hands integer arrays back as int64)
-    assert train.features["image"].dtype == "uint8" and train.data.column("image").type.value_type == "uint8"
-    assert pixels.shape == (1, 28, 28) and pixels.max() > 200 and pixels.min() == 0 and (pixels == 0).mean() > 0.5
+    assert (again.labels == test.labels).all(), "the split must not depend on the run"
+    first = train[0]["image"]
+    assert first.dtype == torch.uint8 and first.shape == (1, 28, 28)
+    assert first.max() > 200 and first.min() == 0 and (first == 0).float().mean() > 0.5
 
 
 def test_idx_folder_gives_the_published_counts(mnist_dir):
     train = load_image_dataset(str(mnist_dir), "train")
     test = load_image_dataset(str(mnist_dir), "test")
     assert (len(train), len(test)) == (60000, 10000)
-    assert np.bincount(train["label"]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    loader = DataLoader(train.with_format("torch"), batch_size=8)
-    batch = next(iter(loader))
+    assert np.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    batch = next(iter(DataLoader(train, batch_size=8)))
     images = images_to_tensor(batch["image"])
     assert images.shape == (8, 1, 28, 28) and images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
     assert batch["label"].tolist()[:3] == [5, 0, 4]  # the famous first three MNIST digits
@@ -47,14 +50,13 @@ def test_idx_folder_gives_the_published_counts(mnist_dir):
 def test_fashion_folder_has_fashion_class_names_and_converts(fashion_dir):
     ds = load_image_dataset(str(fashion_dir), "test", image_size=32, channels=3, max_samples=20)
     assert class_names(ds)[9] == "Ankle boot" and len(ds) == 20
-    image = np.asarray(ds[0]["image"])
+    image = ds[0]["image"].numpy()
     assert image.shape == (3, 32, 32) and (image[0] == image[1]).all()
 
 
 def test_resize_and_channel_conversion_keep_content():
-    ds = load_image_dataset("embedded", "test", image_size=14, max_samples=4)
-    small = np.asarray(ds["image"], dtype=np.float32)
-    full = np.asarray(load_image_dataset("embedded", "test", max_samples=4)["image"], dtype=np.float32)
+    small = pixels(load_image_dataset("embedded", "test", image_size=14, max_samples=4)).astype(np.float32)
+    full = pixels(load_image_dataset("embedded", "test", max_samples=4)).astype(np.float32)
     assert small.shape == (4, 1, 14, 14)
     pooled = full.reshape(4, 1, 14, 2, 14, 2).mean((3, 5))
     assert np.abs(small - pooled).mean() < 20  # a resize, not noise
@@ -62,27 +64,29 @@ def test_resize_and_channel_conversion_keep_content():
 
 def test_imagefolder_tree_of_real_digits(tmp_path):
     source = load_image_dataset("embedded", "test", max_samples=30)
-    for i, (image, label) in enumerate(zip(source["image"], source["label"])):
+    images, labels = pixels(source), source.labels
+    for i, (image, label) in enumerate(zip(images, labels)):
         folder = tmp_path / ("train" if i < 20 else "test") / f"digit{label}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(image, dtype=np.uint8)[0]).save(folder / f"{i}.png")
+        Image.fromarray(image[0]).save(folder / f"{i}.png")
     train = load_image_dataset(str(tmp_path), "train")
     test = load_image_dataset(str(tmp_path), "test")
     assert len(train) == 20 and len(test) == 10
     names = class_names(train)
     assert all(n.startswith("digit") for n in names)
     # every image keeps its label: the pixels of image i sit under the class folder of label i
-    lookup = {np.asarray(img, dtype=np.uint8).tobytes(): lab for img, lab in zip(source["image"], source["label"])}
-    for image, label in zip(train["image"], train["label"]):
-        assert names[label] == f"digit{lookup[np.asarray(image, dtype=np.uint8).tobytes()]}"
+    lookup = {image.tobytes(): label for image, label in zip(images, labels)}
+    for image, label in zip(pixels(train), train.labels):
+        assert names[label] == f"digit{lookup[image.tobytes()]}"
 
 
 def test_corrupt_image_in_imagefolder_names_the_file(tmp_path):
     (tmp_path / "a").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a" / "ok.png")
     (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DatasetSpecError, match="broken.png"):
+    with pytest.raises(DatasetSpecError, match="broken.png"):  # whichever split of the two the file fell in
         load_image_dataset(str(tmp_path), "train")
+        load_image_dataset(str(tmp_path), "test")
 
 
 def _copy_idx(src: Path, dst: Path, images: bytes | None = None) -> None:
@@ -111,7 +115,7 @@ def test_missing_idx_files_and_bad_arguments(mnist_dir, tmp_path):
     with pytest.raises(DatasetSpecError, match="train-images-idx3-ubyte"):
         load_image_dataset(str(tmp_path / "half"), "train")
     with pytest.raises(DatasetSpecError, match="split"):
-        load_image_dataset("embedded", "validation")
+        load_image_dataset("embedded", "dev")
     with pytest.raises(DatasetSpecError, match="max_samples"):
         load_image_dataset("embedded", max_samples=0)
     with pytest.raises(FileNotFoundError, match="not an existing folder"):

@@ -14,17 +14,16 @@ import pipelines.latent as cli
 import pipelines.latent_tools as lt
 from pipelines import TwoStagePipeline
 from stage1_tokenizer import CVAE, VAE, VQVAE, build_loss
-from vqgen.data import images_to_tensor, load_image_dataset
+from vqgen.data import image_tensors
 from stage2_prior import TokenizerSpec, build_prior, sample_codes
 
 TINY = dict(channels=8, num_res_blocks=1)
 CLASSES = [str(i) for i in range(10)]
-load_cached = functools.lru_cache(load_image_dataset)  # the embedded csv takes ~1 s to parse
+load_cached = functools.lru_cache(image_tensors)  # decoding the same test images once per session
 
 
 def digits(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = load_cached("embedded", split, max_samples=n).with_format("torch")[:]
-    return images_to_tensor(batch["image"]), batch["label"]
+    return load_cached("embedded", split, max_samples=n)
 
 
 def noise(n: int) -> torch.Tensor:
@@ -161,7 +160,7 @@ def test_reconstruction_score_is_the_per_image_mse(vae, vqvae, held_out_digits):
 
 
 def test_real_digits_score_lower_than_fashion(vae, held_out_digits, fashion_dir):
-    fashion = images_to_tensor(load_cached(str(fashion_dir), "test", max_samples=64).with_format("torch")[:]["image"])
+    fashion = load_cached(str(fashion_dir), "test", max_samples=64)[0]
     normal, fashion = lt.anomaly_score(vae, held_out_digits[0]), lt.anomaly_score(vae, fashion)
     assert lt.roc_auc(normal, fashion) > 0.75
 
@@ -289,7 +288,7 @@ def saved(vae, pipe, tmp_path_factory):
 
 @pytest.fixture
 def run(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_image_dataset", load_cached)
+    monkeypatch.setattr(cli, "image_tensors", lambda *a, **k: load_cached(*a, **k))
 
     def run(*argv: str) -> tuple[dict, str]:
         result = cli.main([str(a) for a in argv])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stage1_tokenizer import VQVAE
+from vqgen.data import image_tensors
 from stage2_prior import (PriorVocabulary, TokenizerSpec, build_prior, check_compatible, encode_dataset, load_prior,
                           sample_codes, save_prior)
 from stage2_prior.train import drop_labels, main as train_prior
@@ -146,10 +147,8 @@ def test_code_cache_is_reused_and_never_stale(tmp_path, monkeypatch):
     tok = tiny_tokenizer()
     first = encode_dataset(tok, "embedded", "test", cache_dir=tmp_path, max_samples=20)
     assert len(first) == 20 and len(first[0]["codes"]) == 49 and "label" in first.features
-    expected = tok.tokenize(torch.tensor(__import__("numpy").asarray(
-        __import__("vqgen.data", fromlist=["x"]).load_image_dataset("embedded", "test", max_samples=2)
-        .with_format("numpy")["image"], dtype="float32") / 255)).flatten(1)
-    assert torch.equal(torch.tensor(first["codes"][:2]), expected)
+    images, _ = image_tensors("embedded", "test", max_samples=2)
+    assert torch.equal(torch.tensor(first["codes"][:2]), tok.tokenize(images).flatten(1))
     import stage2_prior.codes as codes_module
     monkeypatch.setattr(codes_module, "load_image_dataset", lambda *a, **k: pytest.fail("cache was not reused"))
     again = encode_dataset(tok, "embedded", "test", cache_dir=tmp_path, max_samples=20)
@@ -158,6 +157,20 @@ def test_code_cache_is_reused_and_never_stale(tmp_path, monkeypatch):
     other = tiny_tokenizer(seed=1)  # other weights: other codes, other cache entry
     fresh = encode_dataset(other, "embedded", "test", cache_dir=tmp_path, max_samples=20)
     assert len(list(tmp_path.iterdir())) == 2 and fresh["codes"] != first["codes"]
+
+
+def test_code_cache_is_written_as_shards_and_views_add_sequences(tmp_path):
+    tok = tiny_tokenizer()
+    center = encode_dataset(tok, "embedded", "test", cache_dir=tmp_path, max_samples=6)
+    flips = encode_dataset(tok, "embedded", "test", cache_dir=tmp_path, max_samples=6, views="flip", batch_size=4)
+    crops = encode_dataset(tok, "embedded", "test", cache_dir=tmp_path, max_samples=6, views="ten_crop")
+    assert (len(center), len(flips), len(crops)) == (6, 12, 60)
+    images, labels = image_tensors("embedded", "test", max_samples=6)
+    # view-major within each batch (of 4, then 2): originals, then their mirror images
+    assert flips["codes"][:4] == center["codes"][:4] and flips["label"][:8] == labels[:4].tolist() * 2
+    assert torch.equal(torch.tensor(flips["codes"][4:8]), tok.tokenize(images[:4].flip(-1)).flatten(1))
+    assert set(crops["label"]) == set(labels.tolist())
+    assert all((tmp_path / p.name / "shards.json").is_file() for p in tmp_path.iterdir())
 
 
 def test_tokenizer_prior_mismatch_is_a_clear_error(tmp_path):

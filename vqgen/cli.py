@@ -9,10 +9,13 @@ gives values for any flag; flags on the command line win.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import sys
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -120,6 +123,17 @@ def config_file_tokens(parser: argparse.ArgumentParser, data: dict[str, Any], so
         else:
             tokens += [flag, "none" if value is None else str(value)]
     return tokens
+
+
+@contextlib.contextmanager
+def exit_on(*errors: type[Exception]) -> Iterator[None]:
+    """A command's entry point: these errors (about what the user passed: an unreadable dataset, a damaged
+    image) end it with their one-line message and exit status 2, as argparse's own errors do, not a traceback."""
+    try:
+        yield
+    except errors as e:
+        print(f"{Path(sys.argv[0]).stem}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def import_plugins(argv: list[str] | None) -> list[str]:

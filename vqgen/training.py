@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import math
 import pickle
@@ -22,6 +21,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
 from torch.utils.data import DataLoader
 
@@ -51,6 +51,8 @@ class TrainingArguments:
                                         "regional compilation); the first steps pay the compilation")
     eval_steps: int = option(500, "evaluate on the test split every N steps")
     eval_batch_size: int = option(256, "examples per process per evaluation batch")
+    dataloader_num_workers: int = option(0, "DataLoader worker processes per training process that decode and "
+                                            "transform images (0: in the training process)")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps; 0 disables")
     checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints")
     resume_from_checkpoint: str | None = option(None, "a checkpoint folder, or 'latest' under --output_dir/checkpoints")
@@ -71,6 +73,8 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.dataloader_num_workers < 0:
+        p.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -94,39 +98,87 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: object
     train_loader: DataLoader
-    test_loader: DataLoader
+    test_loader: DataLoader | None  # None where the script evaluates through its own (sharded) loader
     step: int
     # Modules trained beside the model by optimizers of their own (a discriminator), prepared and
     # checkpointed with it: (module, optimizer) pairs.
     auxiliary: list[tuple[torch.nn.Module, torch.optim.Optimizer]] = field(default_factory=list)
+    device: torch.device | None = None  # where a streamed (unprepared) loader's batches go
 
     def batches(self, gradient_accumulation_steps: int) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches from `step` on, forever, epoch after epoch, in the order an uninterrupted run sees.
 
-        A resumed run skips what its epoch already saw by iterating (not accelerate's
-        skip_first_batches), keeping the loader's own generator, so the global RNG stream (dropout,
-        code restarts) continues exactly as it would have.
+        A resumed run skips what its epoch already saw at the sampler (accelerate's
+        `skip_first_batches`): no skipped image is read or decoded. The loaders carry generators of
+        their own and augmentation is keyed by (seed, epoch, index), so the global RNG stream (dropout,
+        code restarts) and every batch continue exactly as they would have. A stream has no sampler:
+        there the skipped batches are read again.
         """
+        if isinstance(self.train_loader.dataset, torch.utils.data.IterableDataset):
+            yield from self._streamed_batches(gradient_accumulation_steps)
+            return
         steps_per_epoch = len(self.train_loader) // gradient_accumulation_steps
         epoch, done = divmod(self.step, steps_per_epoch)
         while True:
             self.train_loader.set_epoch(epoch)
-            yield from itertools.islice(self.train_loader, done * gradient_accumulation_steps, None)
+            loader = skip_first_batches(self.train_loader, done * gradient_accumulation_steps) if done else self.train_loader
+            yield from loader
             epoch, done = epoch + 1, 0
 
+    def _streamed_batches(self, gradient_accumulation_steps: int) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, skip = 0, self.step * gradient_accumulation_steps
+        while True:
+            self.train_loader.dataset.set_epoch(epoch)
+            seen = 0
+            for batch in self.train_loader:
+                seen += 1
+                if skip:
+                    skip -= 1
+                    continue
+                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            if not seen:
+                raise ValueError("the training stream is empty for this process; stream more data or fewer processes")
+            epoch += 1
 
-def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set: datasets.Dataset,
-                     test_set: datasets.Dataset, args: argparse.Namespace,
+
+def _torch_dataset(dataset: datasets.Dataset | torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+    return dataset.with_format("torch") if isinstance(dataset, datasets.Dataset) else dataset
+
+
+def loader_options(args: argparse.Namespace, accelerator: Accelerator) -> dict[str, Any]:
+    """Workers and pinned memory, the same for every loader of a run."""
+    return {"num_workers": args.dataloader_num_workers, "pin_memory": accelerator.device.type == "cuda",
+            "persistent_workers": False}  # fresh workers per epoch: they must see the dataset's new epoch
+
+
+def sharded_loader(accelerator: Accelerator, dataset: torch.utils.data.Dataset, batch_size: int,
+                   args: argparse.Namespace) -> DataLoader:
+    """This process's contiguous part of an evaluation set, in order and unpadded (sizes may differ by one
+    item, so metrics are summed per process and reduced once; nothing is gathered per batch). A stream
+    is already this process's part."""
+    if not isinstance(dataset, torch.utils.data.IterableDataset):
+        dataset = dataset.shard(accelerator.num_processes, accelerator.process_index)
+    return DataLoader(dataset, batch_size=batch_size, generator=torch.Generator(), **loader_options(args, accelerator))
+
+
+def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
+                     train_set: datasets.Dataset | torch.utils.data.Dataset,
+                     test_set: datasets.Dataset | None, args: argparse.Namespace,
                      auxiliary: list[tuple[torch.nn.Module, float | None]] = ()) -> TrainingState:
-    """AdamW, a transformers schedule, seeded loaders, `accelerator.prepare`, and resumption.
+    """AdamW, a transformers schedule, seeded loaders, `accelerate.prepare`, and resumption.
 
-    `auxiliary` lists modules that get an AdamW of their own, at their learning rate (None: the
-    run's); they are prepared, so `save_state`/`load_state` checkpoint them and their optimizers too.
+    `train_set` may be a `datasets.Dataset`, a torch map-style dataset (sharded over processes by
+    accelerate) or an `IterableDataset` already split by node (a stream: not prepared; its batches are
+    moved to the device by `TrainingState.batches`). `test_set` None: the script evaluates through its
+    own loader (`sharded_loader`). `auxiliary` lists modules that get an AdamW of their own, at their
+    learning rate (None: the run's); they are prepared, so `save_state`/`load_state` checkpoint them
+    and their optimizers too.
     """
     from transformers import get_scheduler
 
     per_step = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    if len(train_set) < per_step:
+    streamed = isinstance(train_set, torch.utils.data.IterableDataset)
+    if not streamed and len(train_set) < per_step:
         raise SystemExit(f"{len(train_set)} training examples are fewer than one step needs ({per_step}); "
                          "lower --batch_size.")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -135,13 +187,16 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set
                               num_training_steps=args.max_steps * accelerator.num_processes)
     # Loaders with their own generators: starting an epoch must not draw from the global RNG, or a
     # resumed run (which starts mid-epoch) would be one draw out of step.
-    train_loader = DataLoader(train_set.with_format("torch"), batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              generator=torch.Generator().manual_seed(args.seed))
-    test_loader = DataLoader(test_set.with_format("torch"), batch_size=args.eval_batch_size,
-                             generator=torch.Generator().manual_seed(args.seed))
-    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, test_loader, scheduler
-    )
+    options = loader_options(args, accelerator)
+    train_loader = DataLoader(_torch_dataset(train_set), batch_size=args.batch_size, shuffle=not streamed,
+                              drop_last=True, generator=torch.Generator().manual_seed(args.seed), **options)
+    test_loader = None if test_set is None else DataLoader(_torch_dataset(test_set), batch_size=args.eval_batch_size,
+                                                           generator=torch.Generator().manual_seed(args.seed), **options)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if not streamed:
+        train_loader = accelerator.prepare(train_loader)
+    if test_loader is not None:
+        test_loader = accelerator.prepare(test_loader)
     prepared_auxiliary = []
     if auxiliary and accelerator.mixed_precision == "fp16":
         # fp16's loss scaler is shared by every prepared optimizer; the auxiliary step runs its own backward.
@@ -166,7 +221,8 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module, train_set
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary)
+    return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary,
+                         device=accelerator.device)
 
 
 def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor, max_grad_norm: float) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 class QuantizerOutput:
     quantized: torch.Tensor  # b d h w: forward = quantised values, backward reaches z (straight-through or rotated)
     codes: torch.Tensor  # b h w, long, in [0, codebook_size)
-    counts: torch.Tensor  # K, float: how often each code was chosen in this batch, summed over processes
+    counts: torch.Tensor  # K, float: how often each code was chosen in this batch (summed over processes in training)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # already weighted; the training loss adds them
 
 

@@ -90,7 +90,10 @@ class FiniteScalarQuantizer(Quantizer):
         with torch.autocast(device_type=z.device.type, enabled=False):
             digits = self._digits(z.float())
             codes = self._to_codes(digits.detach())
-            counts = all_reduce_sum_(torch.bincount(codes.flatten(), minlength=self.codebook_size).float())
+            counts = torch.bincount(codes.flatten(), minlength=self.codebook_size).float()
+            # Summed over processes in training only: evaluation loops may run unequal numbers of batches
+            # per process (and sum their code counts once at the end), so a collective here would hang them.
+            counts = all_reduce_sum_(counts) if self.training else counts
             return QuantizerOutput(quantized=self._from_digits(digits), codes=codes, counts=counts)
 
     @torch.no_grad()

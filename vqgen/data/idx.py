@@ -5,9 +5,12 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import datasets
 import numpy as np
 
-from .source import DIGITS, DatasetSpecError, RawSplit, Source
+from .cache import cached_dataset
+from .encoded import png_dataset
+from .source import DIGITS, DatasetSpecError, Source
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IDX_FILES = {
@@ -24,9 +27,13 @@ class IDXFolder(Source):
         return path.is_dir() and bool(_find_idx(path, IDX_FILES["train"][0]) or _find_idx(path, IDX_FILES["test"][0]))
 
     @staticmethod
-    def read(spec: str, path: Path, split: str) -> RawSplit:
-        images, labels = _read_idx_split(path, split)
-        return RawSplit(images, labels, FASHION if "fashion" in path.resolve().name.lower() else DIGITS)
+    def load(spec: str, path: Path, split: str) -> datasets.Dataset:
+        """Parsed and PNG-encoded once, then memory-mapped from the cache (keyed by the files' sizes and times)."""
+        split = "train" if split == "train" else "test"  # MNIST's test set serves validation too
+        files = [_find_idx(path, stem) for stem in IDX_FILES[split]]
+        key = [str(path.resolve()), split, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f]]
+        names = FASHION if "fashion" in path.resolve().name.lower() else DIGITS
+        return cached_dataset("idx", key, lambda: png_dataset(*_read_idx_split(path, split), names))
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:

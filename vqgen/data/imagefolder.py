@@ -1,15 +1,29 @@
-"""Image-folder trees: class subfolders of images, optionally under train/ and test/."""
+"""Image-folder trees: class subfolders of images, optionally under train/ test/ validation/ (or val/).
+
+The tree is listed in one walk and each file's header checked once; the index (paths, labels, sizes,
+modes, problems) is cached as memory-mapped Arrow keyed by the listing's names, sizes and times, so a
+second run on an unchanged tree opens it in a fraction of a second. Pixels are decoded per item.
+
+`datasets`' own `imagefolder` builder was measured first: on the 60,000-file CIFAR-10 tree it spends
+46 s per load even when cached, resolving its 46 file patterns with 2.7 M `stat` calls (fsspec
+walks the tree once per pattern); at ImageNet's 1.3 M files that is most of an hour per run.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+import datasets
+from tqdm.auto import tqdm
 
-from .source import LOCAL_FORMS, DatasetSpecError, RawSplit, Source, stratified_split
+from .cache import cached_dataset
+from .image_files import IMAGE_SUFFIXES, inspect_image, list_image_files
+from .source import LOCAL_FORMS, SPLIT_NAMES, DatasetSpecError, Source, carve_split, pick_split
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+logger = logging.getLogger(__name__)
+ALL_SPLIT_NAMES = {n for names in SPLIT_NAMES.values() for n in names}
 
 
 class ImageFolder(Source):
@@ -20,37 +34,75 @@ class ImageFolder(Source):
         return path.is_dir()
 
     @staticmethod
-    def read(spec: str, path: Path, split: str) -> RawSplit:
-        return RawSplit(*_read_imagefolder(path, split))
+    def load(spec: str, path: Path, split: str) -> datasets.Dataset:
+        folders = {d.name: d for d in path.iterdir() if d.is_dir() and d.name.lower() in ALL_SPLIT_NAMES}
+        if not folders:
+            return carve_split(index_folder(path, class_names(path)), split)
+        train = pick_split(list(folders), "train")
+        own = pick_split(list(folders), split)
+        if own is None and train is None:
+            raise DatasetSpecError(f"{path} has {sorted(folders)} folders but none for {split!r} and no train/ to "
+                                   "carve it from.")
+        # the classes of every split folder, so that a label means the same class in each
+        names = class_names(*(folders[n] for n in sorted(folders)))
+        if own is None or (split == "train") != (own == train):  # no folder of its own: a fixed part of train
+            return carve_split(index_folder(folders[train], names), split)
+        return index_folder(folders[own], names)
 
 
-def _read_imagefolder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """Class subfolders of images (optionally under train/ and test/); images must share one size."""
-    has_splits = (folder / "train").is_dir()
-    root = folder / split if has_splits else folder
-    if not root.is_dir():
-        raise DatasetSpecError(f"{folder} has a train/ folder but no {split}/ folder.")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def class_names(*roots: Path) -> list[str] | None:
+    """Subfolders holding images are classes (across `roots`, the split folders); a root with images directly
+    in it is unlabelled."""
+    names = sorted({d.name for root in roots for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    loose = [p.name for root in roots for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not names:
+        return None
+    if loose:
+        raise DatasetSpecError(f"{roots[0].parent if len(roots) > 1 else roots[0]} mixes class subfolders {names[:3]} "
+                               f"with loose images {loose[:3]}; move the images into a class folder (or all of them "
+                               "into the root for an unlabelled dataset).")
+    if len(names) == 1:
+        logger.warning("%s has one class folder (%r): read as an unlabelled dataset, since one label says nothing "
+                       "about an image.", roots[0], names[0])
+        return None
+    return names
+
+
+def index_folder(root: Path, names: list[str] | None) -> datasets.Dataset:
+    """The cached index of the images under `root`: `image` (path), `label`, `width`, `height`, `mode`, `problem`."""
+    files = list_image_files(root)
     if not files:
-        raise DatasetSpecError(f"{root} holds no images ({sorted(IMAGE_SUFFIXES)}); expected {LOCAL_FORMS}.")
-    names = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."}) or None
-    arrays = []
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB")
-                arrays.append(np.asarray(im))
-        except OSError as e:
-            raise DatasetSpecError(f"{p} is not a readable image ({e}); remove or replace it.") from e
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise DatasetSpecError(f"{root} mixes image sizes/modes {sorted(shapes)[:4]}; pass image_size= and channels= to unify them.")
-    images = np.stack([a[:, :, None] if a.ndim == 2 else a for a in arrays]).transpose(0, 3, 1, 2)
-    labels = None
-    if names:
-        index = {n: i for i, n in enumerate(names)}
-        labels = np.array([index[p.parent.relative_to(root).as_posix()] for p in files], dtype=np.int64)
-    if not has_splits:
-        idx = stratified_split(labels if labels is not None else np.zeros(len(files), np.int64), split)
-        images, labels = images[idx], None if labels is None else labels[idx]
-    return images, labels, names
+        raise DatasetSpecError(f"{root} holds no images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif); "
+                               f"expected {LOCAL_FORMS}.")
+    listing = hashlib.sha256("\n".join(f"{f.path}\t{f.size}\t{f.mtime_ns}" for f in files).encode()).hexdigest()
+    return cached_dataset("imagefolder", [str(root.resolve()), listing, names], lambda: _build(root, files, names))
+
+
+def _build(root: Path, files: list, names: list[str] | None) -> datasets.Dataset:
+    columns: dict[str, list] = {"image": [], "width": [], "height": [], "mode": [], "problem": []}
+    index = {n: i for i, n in enumerate(names or [])}
+    labels, strays = [], []
+    for f in tqdm(files, desc=f"index {root.name}", disable=len(files) < 2000, unit="img"):
+        header = inspect_image(f.path, f.size)
+        columns["image"].append({"path": f.path, "bytes": None})
+        columns["width"].append(header.width)
+        columns["height"].append(header.height)
+        columns["mode"].append(header.mode)
+        columns["problem"].append(header.problem)
+        if names is not None:
+            folder = Path(f.path).relative_to(root).parts[0]
+            if folder not in index:
+                strays.append(f.path)
+            labels.append(index.get(folder, -1))
+    if strays:
+        raise DatasetSpecError(f"{root} has images outside its class folders ({len(strays)}, e.g. {strays[:3]}); "
+                               f"the classes are {names}.")
+    # The image cell has the layout of `datasets.Image(decode=False)` but not the feature: `save_to_disk` would
+    # embed every file's bytes in the cache (a copy of the whole collection); the index keeps paths only.
+    cell = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+    features = {"image": cell, "width": datasets.Value("int32"),
+                "height": datasets.Value("int32"), "mode": datasets.Value("string"), "problem": datasets.Value("string")}
+    if names is not None:
+        columns["label"] = labels
+        features["label"] = datasets.ClassLabel(names=names)
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))

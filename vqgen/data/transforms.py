@@ -1,0 +1,78 @@
+"""From a decoded image to the model's pixels: crop, resize, flip, channel conversion.
+
+Evaluation and encoding take the centre square (the shorter side) resized to the target side, as
+ADM and LlamaGen do. Training may take a random square instead and flip it; the random choices come
+from a generator keyed by (seed, epoch, index), so an item's augmentation is the same whichever
+DataLoader worker decodes it and however a run was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from ..cli import option
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom
+
+
+@dataclass
+class DataAugmentation:
+    """Training-time augmentation; evaluation and encoding always take the centre crop, unflipped."""
+
+    train_crop: Literal["center", "random", "random_resized"] = option(
+        "center", "training crop: the centre square, a random square of the shorter side, or a random square of "
+                  "--min_crop_scale..1 of the shorter side's area, each resized to --image_size")
+    min_crop_scale: float = option(0.8, "smallest share of the shorter side's square a random_resized crop takes")
+    horizontal_flip: bool = option(False, "flip training images left-right with probability 1/2 (off for digits)")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_crop_scale <= 1:
+            raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
+
+    @property
+    def is_random(self) -> bool:
+        return self.train_crop != "center" or self.horizontal_flip
+
+
+def center_box(width: int, height: int) -> Box:
+    """The largest centred square."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def random_box(width: int, height: int, rng: np.random.Generator, min_scale: float = 1.0) -> Box:
+    """A square of `sqrt(U(min_scale, 1))` times the shorter side, at a uniformly random position."""
+    side = min(width, height)
+    if min_scale < 1:
+        side = max(1, round(side * math.sqrt(rng.uniform(min_scale, 1.0))))
+    left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    return left, top, left + side, top + side
+
+
+def to_pixels(image: Image.Image, size: int, channels: int, box: Box, flip: bool = False) -> np.ndarray:
+    """The `box` of `image`, resized (bicubic, antialiased) to `size x size`, as uint8 `c size size`."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    if box != (0, 0, size, size) or image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy shares it
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def transform(image: Image.Image, size: int, channels: int, augmentation: DataAugmentation | None,
+              rng: np.random.Generator | None) -> np.ndarray:
+    """Evaluation (`augmentation` None): the centre crop. Training: the configured random crop and flip."""
+    width, height = image.size
+    if augmentation is None or augmentation.train_crop == "center":
+        box = center_box(width, height)
+    else:
+        box = random_box(width, height, rng, augmentation.min_crop_scale if augmentation.train_crop == "random_resized" else 1.0)
+    flip = augmentation is not None and augmentation.horizontal_flip and bool(rng.integers(0, 2))
+    return to_pixels(image, size, channels, box, flip)
