@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from vqgen.data import DEFAULT_DATASET
+from stage1_tokenizer.presets import PRESETS
 from stage1_tokenizer.train import main as train_tokenizer
 from stage2_prior.train import main as train_prior
 
@@ -30,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default="runs/quickstart", help="everything goes here")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="any dataset spec (default: the embedded digits)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="the tokenizer's preset (stage1_tokenizer.presets), e.g. cifar10 for 32x32 RGB photos")
+    p.add_argument("--tokenizer_share", type=float, default=1 / 3,
+                   help="the share of --minutes that the tokenizer trains for (the prior gets the rest)")
     p.add_argument("--tokenizer_steps", type=int, default=400, help="VQ-VAE training steps")
     p.add_argument("--prior_steps", type=int, default=1200, help="prior training steps")
     p.add_argument("--prior_layers", type=int, default=4, help="transformer blocks of the prior")
@@ -45,9 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def side_by_side(left: Path, right: Path, path: Path, gap: int = 16) -> Path:
     with Image.open(left) as a, Image.open(right) as b:
-        canvas = Image.new("L", (a.width + gap + b.width, max(a.height, b.height)), color=255)
-        canvas.paste(a.convert("L"), (0, 0))
-        canvas.paste(b.convert("L"), (a.width + gap, 0))
+        mode = "L" if a.mode == b.mode == "L" else "RGB"
+        canvas = Image.new(mode, (a.width + gap + b.width, max(a.height, b.height)), color="white")
+        canvas.paste(a.convert(mode), (0, 0))
+        canvas.paste(b.convert(mode), (a.width + gap, 0))
     canvas.save(path)
     return path
 
@@ -59,14 +65,15 @@ def main(argv: list[str] | None = None) -> dict:
     common = ["--dataset", args.dataset, "--seed", str(args.seed), "--checkpointing_steps", "0"]
     if args.max_train_samples:
         common += ["--max_train_samples", str(args.max_train_samples)]
-    stage1 = train_tokenizer(["--model", "vqvae", "--output_dir", str(out / "tokenizer"), "--max_steps",
+    preset = ["--preset", args.preset] if args.preset else []
+    stage1 = train_tokenizer([*preset, "--model", "vqvae", "--output_dir", str(out / "tokenizer"), "--max_steps",
                               str(args.tokenizer_steps), "--eval_steps", str(args.tokenizer_steps),
-                              "--max_train_minutes", str(args.minutes / 3), *common])
+                              "--max_train_minutes", str(args.minutes * args.tokenizer_share), *common])
     stage2 = train_prior(["--tokenizer", str(out / "tokenizer"), "--output_dir", str(out / "prior"),
                           "--cache_dir", str(out / "code_cache"), "--max_steps", str(args.prior_steps),
                           "--eval_steps", str(args.prior_steps), "--sample_steps", "0",
                           "--num_layers", str(args.prior_layers), "--hidden_size", str(args.prior_hidden_size),
-                          "--max_train_minutes", str(args.minutes * 2 / 3), *common])
+                          "--max_train_minutes", str(args.minutes * (1 - args.tokenizer_share)), *common])
     pipe = TwoStagePipeline.from_parts(out / "tokenizer", out / "prior", guidance_scale=args.guidance_scale)
     pipe.config.evaluation = {"tokenizer test PSNR": stage1["test/psnr"],
                               "prior test bits/pixel-dim": stage2["test/bits_per_pixel_dim"]}

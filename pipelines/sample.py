@@ -29,6 +29,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from vqgen.atomic_io import atomic_write_bytes, atomic_write_text
+from vqgen.distributed import leave_after_distributed_run
 
 from .npz_writer import NpzWriter
 from vqgen.image_grid import save_image_grid
@@ -171,3 +172,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    leave_after_distributed_run()

@@ -43,6 +43,7 @@ PRESETS: dict[str, Preset] = {
             "num_res_blocks": 1, "attention_resolutions": [8], "mid_attention": True,
             "code_dim": 16, "codebook_size": 1024, "l2_normalize": True,
             "batch_size": 64, "learning_rate": 5e-4, "max_steps": 1000, "max_train_minutes": 30.0,
+            "horizontal_flip": True,  # natural images, unlike digits, mean the same mirrored
             "eval_steps": 1000,  # one pass over the 10,000 test images costs minutes here: once, at the end
             # After ~a third of the run, once reconstructions have formed (taming-transformers issue 44).
             "extra_losses": ["adversarial"], "discriminator_start_step": 300,

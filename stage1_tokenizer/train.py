@@ -31,6 +31,7 @@ from .losses import LOSSES, LossConfigurationError, LossSum, build_loss
 from .presets import add_preset_argument
 from .quantizers import QUANTIZERS
 from vqgen.checkpointing import isolated_rng
+from vqgen.distributed import leave_after_distributed_run
 from vqgen.data import (DATA_ERRORS, DEFAULT_DATASET, DataAugmentation, ImageDataset, images_to_tensor,
                         load_image_dataset, load_image_stream, spread_indices)
 from vqgen.image_grid import class_grid_labels, save_image_grid, save_reconstruction_grid
@@ -310,7 +311,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dataset": args.dataset,
             "metrics": {k.removeprefix("test/"): v for k, v in metrics.items()},
             "training": {"steps": step, "batch_size": per_step, "learning_rate": args.learning_rate,
-                         "processes": accelerator.num_processes, "seed": args.seed, "binarize": args.binarize},
+                         "processes": accelerator.num_processes, "seed": args.seed, "binarize": args.binarize,
+                         # evaluation and encoding take the centre square at the config's image_size and channels
+                         "augmentation": dataclasses.asdict(dataclass_from_arguments(DataAugmentation, args))},
         }
         unwrapped.save_pretrained(output_dir, state_dict=state_dict)
         grids = write_grids(accelerator, model, grids_of, output_dir, "")
@@ -327,3 +330,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     with stop_on_signals(), exit_on(*DATA_ERRORS):
         main(sys.argv[1:])
+    leave_after_distributed_run()

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
 from vqgen.checkpointing import isolated_rng
+from vqgen.distributed import leave_after_distributed_run
 from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, exit_on, import_plugins, option,
                        parse_arguments)
 from vqgen.data import DATA_ERRORS, DEFAULT_DATASET, class_names
@@ -217,3 +218,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     with stop_on_signals(), exit_on(*DATA_ERRORS):
         main(sys.argv[1:])
+    leave_after_distributed_run()

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from .cli import add_dataclass_arguments, option
 from .checkpointing import find_checkpoint, prune_checkpoints, save_checkpoint
+from .distributed import keep_process_group_alive
 
 
 @dataclass
@@ -87,6 +88,7 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     set_seed(args.seed)
+    keep_process_group_alive()
     return accelerator
 
 

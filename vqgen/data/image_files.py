@@ -8,8 +8,10 @@ and end intact is found only when the image is decoded; `DecodeError` then names
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,19 +40,26 @@ class ImageHeader:
     problem: str | None  # why the file cannot be used; None when it can
 
 
-def list_image_files(root: Path) -> list[ImageFile]:
-    """Every file with an image suffix under `root` (symlinks followed), sorted by path: one walk, one stat each."""
-    found: list[ImageFile] = []
-    stack = [str(root)]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir():
-                    stack.append(entry.path)
-                elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
-                    stat = entry.stat()
-                    found.append(ImageFile(entry.path, stat.st_size, stat.st_mtime_ns))
-    return sorted(found, key=lambda f: f.path)
+def iter_image_files(root: Path) -> Iterator[ImageFile]:
+    """Every file with an image suffix under `root` (symlinks followed), depth first, each folder's entries in
+    name order: one walk, one stat per file, and only one folder's entries held at a time."""
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir():
+            yield from iter_image_files(Path(entry.path))
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+            stat = entry.stat()
+            yield ImageFile(entry.path, stat.st_size, stat.st_mtime_ns)
+
+
+def listing_digest(root: Path) -> tuple[str, int]:
+    """A hash of the names, sizes and modification times of `root`'s images, and their number."""
+    digest, count = hashlib.sha256(), 0
+    for f in iter_image_files(root):
+        digest.update(f"{f.path}\t{f.size}\t{f.mtime_ns}\n".encode())
+        count += 1
+    return digest.hexdigest(), count
 
 
 def inspect_image(path: str, size: int) -> ImageHeader:

@@ -11,7 +11,6 @@ walks the tree once per pattern); at ImageNet's 1.3 M files that is most of an h
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from .cache import cached_dataset
-from .image_files import IMAGE_SUFFIXES, inspect_image, list_image_files
+from .image_files import IMAGE_SUFFIXES, inspect_image, iter_image_files, listing_digest
 from .source import LOCAL_FORMS, SPLIT_NAMES, DatasetSpecError, Source, carve_split, pick_split
 
 logger = logging.getLogger(__name__)
@@ -69,13 +68,17 @@ def class_names(*roots: Path) -> list[str] | None:
 
 
 def index_folder(root: Path, names: list[str] | None) -> datasets.Dataset:
-    """The cached index of the images under `root`: `image` (path), `label`, `width`, `height`, `mode`, `problem`."""
-    files = list_image_files(root)
-    if not files:
+    """The cached index of the images under `root`: `image` (path), `label`, `width`, `height`, `mode`, `problem`.
+
+    Checking the cache costs one walk of the tree (a stat per file, nothing kept): a process opening an
+    unchanged index of a million images holds no list of them.
+    """
+    listing, count = listing_digest(root)
+    if not count:
         raise DatasetSpecError(f"{root} holds no images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif); "
                                f"expected {LOCAL_FORMS}.")
-    listing = hashlib.sha256("\n".join(f"{f.path}\t{f.size}\t{f.mtime_ns}" for f in files).encode()).hexdigest()
-    return cached_dataset("imagefolder", [str(root.resolve()), listing, names], lambda: _build(root, files, names))
+    return cached_dataset("imagefolder", [str(root.resolve()), listing, names],
+                          lambda: _build(root, list(iter_image_files(root)), names))
 
 
 def _build(root: Path, files: list, names: list[str] | None) -> datasets.Dataset:
