@@ -110,7 +110,8 @@ def decode_rate(folder: Path, n: int) -> float:
 def loader_rate(folder: Path, size: int, workers: int, batches: int, batch_size: int = 64) -> float:
     dataset = load_image_dataset(str(folder), "train", image_size=size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(0), drop_last=True)
+                                         generator=torch.Generator().manual_seed(0), drop_last=True,
+                                         collate_fn=dataset.collate)
     iterator = iter(loader)
     next(iterator)  # workers started, first batch in: the steady state is what is timed
     start = time.perf_counter()

@@ -201,7 +201,7 @@ def grid_batch(test_set: ImageDataset | torch.utils.data.IterableDataset, n: int
         items = test_set.__getitems__(spread_indices(test_set.labels, len(test_set), n))
     else:
         items = [item for item, _ in zip(test_set, range(n))]
-    return torch.utils.data.default_collate(items)
+    return test_set.collate(items)
 
 
 @torch.no_grad()

@@ -123,7 +123,7 @@ def _encode_shards(tokenizer: Any, dataset: str, split: str, folder: Path, accel
     # its own generator: creating a loader's iterator draws a seed, which must not come from the global RNG
     # (a prior initialised after a fresh encoding would differ from one initialised after a cache hit)
     loader = torch.utils.data.DataLoader(part, batch_size=batch_size, num_workers=num_workers,
-                                         generator=torch.Generator())
+                                         generator=torch.Generator(), collate_fn=part.collate)
     tokenizer = tokenizer.to(accelerator.device).eval()
     codes, labels = [], []
     for batch in tqdm(loader, desc=f"encode {split}", disable=not accelerator.is_local_main_process):

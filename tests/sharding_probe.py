@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from vqgen.distributed import leave_after_distributed_run
 from vqgen.training import make_accelerator, prepare_training
 
 
@@ -35,3 +36,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    leave_after_distributed_run()

@@ -57,17 +57,29 @@ def test_crop_geometry():
 def test_flip_centre_crop_resize_and_channel_conversion():
     ramp = np.tile(np.arange(8, dtype=np.uint8) * 30, (4, 1))  # 4 rows x 8 columns, brighter to the right
     image = Image.fromarray(ramp)
-    centre = to_pixels(image, 4, 1, center_box(8, 4))
-    assert centre.shape == (1, 4, 4) and (centre[0] == ramp[:, 2:6]).all()  # the middle columns, exactly
+    centre = to_pixels(image, 4, 1, center_box(8, 4))  # h w c
+    assert centre.shape == (4, 4, 1) and (centre[..., 0] == ramp[:, 2:6]).all()  # the middle columns, exactly
     flipped = to_pixels(image, 4, 1, center_box(8, 4), flip=True)
-    assert (flipped[0] == ramp[:, 2:6][:, ::-1]).all()
+    assert (flipped[..., 0] == ramp[:, 2:6][:, ::-1]).all()
     rgb = to_pixels(image, 4, 3, center_box(8, 4))
-    assert rgb.shape == (3, 4, 4) and (rgb == centre).all()  # grey -> RGB repeats the channel
+    assert rgb.shape == (4, 4, 3) and (rgb == centre).all()  # grey -> RGB repeats the channel
     colour = Image.fromarray(np.stack([np.full((4, 4), v, np.uint8) for v in (200, 100, 50)], -1))
     grey = to_pixels(colour, 4, 1, (0, 0, 4, 4))
     assert abs(int(grey[0, 0, 0]) - round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)) <= 1  # ITU-R 601 luma
     half = to_pixels(image, 2, 1, center_box(8, 4))
-    assert half.shape == (1, 2, 2) and half[0, 0, 0] < half[0, 0, 1]  # resized, left-to-right order kept
+    assert half.shape == (2, 2, 1) and half[0, 0, 0] < half[0, 1, 0]  # resized, left-to-right order kept
+
+
+def test_batches_are_b_c_h_w_in_channels_last_memory_and_large_jpegs_decode_at_a_reduced_scale(tmp_path):
+    root = colour_folder(tmp_path / "data", size=(12, 10))
+    ds = load_image_dataset(str(root), "train", image_size=8)
+    batch = ds.collate(ds.__getitems__([0, 1, 2]))
+    assert batch["image"].shape == (3, 3, 8, 8) and batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch["image"][1], ds[1]["image"]) and batch["label"].tolist() == ds.labels[:3].tolist()
+    from vqgen.data.images import decode
+    big = write_image(tmp_path / "big.jpg", np.zeros((400, 600, 3), np.uint8))
+    assert decode({"path": str(big)}, min_side=90).size == (150, 100)  # 1/4 scale keeps both sides >= 90
+    assert decode({"path": str(big)}).size == (600, 400)
 
 
 def test_augmentation_is_keyed_by_seed_epoch_and_index():

@@ -147,9 +147,10 @@ def _torch_dataset(dataset: datasets.Dataset | torch.utils.data.Dataset) -> torc
     return dataset.with_format("torch") if isinstance(dataset, datasets.Dataset) else dataset
 
 
-def loader_options(args: argparse.Namespace, accelerator: Accelerator) -> dict[str, Any]:
-    """Workers and pinned memory, the same for every loader of a run."""
+def loader_options(args: argparse.Namespace, accelerator: Accelerator, dataset: object) -> dict[str, Any]:
+    """Workers, pinned memory and the dataset's own collation (images: `vqgen.data.images.collate`)."""
     return {"num_workers": args.dataloader_num_workers, "pin_memory": accelerator.device.type == "cuda",
+            "collate_fn": getattr(dataset, "collate", None),
             "persistent_workers": False}  # fresh workers per epoch: they must see the dataset's new epoch
 
 
@@ -160,7 +161,7 @@ def sharded_loader(accelerator: Accelerator, dataset: torch.utils.data.Dataset, 
     is already this process's part."""
     if not isinstance(dataset, torch.utils.data.IterableDataset):
         dataset = dataset.shard(accelerator.num_processes, accelerator.process_index)
-    return DataLoader(dataset, batch_size=batch_size, generator=torch.Generator(), **loader_options(args, accelerator))
+    return DataLoader(dataset, batch_size=batch_size, generator=torch.Generator(), **loader_options(args, accelerator, dataset))
 
 
 def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
@@ -189,11 +190,16 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
                               num_training_steps=args.max_steps * accelerator.num_processes)
     # Loaders with their own generators: starting an epoch must not draw from the global RNG, or a
     # resumed run (which starts mid-epoch) would be one draw out of step.
-    options = loader_options(args, accelerator)
-    train_loader = DataLoader(_torch_dataset(train_set), batch_size=args.batch_size, shuffle=not streamed,
-                              drop_last=True, generator=torch.Generator().manual_seed(args.seed), **options)
-    test_loader = None if test_set is None else DataLoader(_torch_dataset(test_set), batch_size=args.eval_batch_size,
-                                                           generator=torch.Generator().manual_seed(args.seed), **options)
+    train_set = _torch_dataset(train_set)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=not streamed, drop_last=True,
+                              generator=torch.Generator().manual_seed(args.seed),
+                              **loader_options(args, accelerator, train_set))
+    test_loader = None
+    if test_set is not None:
+        test_set = _torch_dataset(test_set)
+        test_loader = DataLoader(test_set, batch_size=args.eval_batch_size,
+                                 generator=torch.Generator().manual_seed(args.seed),
+                                 **loader_options(args, accelerator, test_set))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if not streamed:
         train_loader = accelerator.prepare(train_loader)

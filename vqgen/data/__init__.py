@@ -228,7 +228,7 @@ def image_batches(
         spec, split, image_size=image_size, channels=channels, max_samples=max_samples)
     # its own generator: iterating must not draw from the global RNG (see stage2_prior.codes)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                         generator=torch.Generator())
+                                         generator=torch.Generator(), collate_fn=dataset.collate)
     for batch in loader:
         yield images_to_tensor(batch["image"]), batch.get("label")
 

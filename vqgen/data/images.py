@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 
 import datasets
@@ -20,11 +21,17 @@ from .image_files import DecodeError
 from .transforms import DataAugmentation, transform
 
 
-def decode(record: dict) -> Image.Image:
-    """An `Image(decode=False)` cell (`{"bytes", "path"}`) as a loaded PIL image; `DecodeError` names the file."""
+def decode(record: dict, min_side: int | None = None) -> Image.Image:
+    """An `Image(decode=False)` cell (`{"bytes", "path"}`) as a loaded PIL image; `DecodeError` names the file.
+
+    `min_side`: a JPEG much larger than needed is decoded at a reduced scale (PIL's `draft`: 1/2, 1/4 or
+    1/8 in the DCT itself, several times faster) that keeps both sides at least `min_side`.
+    """
     where = record.get("path") or "an image stored in the dataset"
     try:
         image = Image.open(io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"])
+        if min_side is not None and image.format == "JPEG":
+            image.draft(image.mode, (min_side, min_side))
         image.load()
         return image
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
@@ -37,8 +44,32 @@ def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def _draft_side(size: int, augmentation: DataAugmentation | None) -> int:
+    """The shorter side an image must keep so that its crop is never enlarged to `size`."""
+    if augmentation is not None and augmentation.train_crop == "random_resized":
+        return math.ceil(size / math.sqrt(augmentation.min_crop_scale))
+    return size
+
+
+def _as_chw(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 `h w c` -> a `c h w` view of it (channels-last strides; `collate` stacks the contiguous data)."""
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Items -> a batch: images `b c h w` (a view of contiguous `b h w c`, i.e. channels-last memory, which
+    convolutions take as is), labels `b`. Stacking the `c h w` views element by element is 8x slower."""
+    batch = {"image": torch.stack([item["image"].permute(1, 2, 0) for item in items]).permute(0, 3, 1, 2)}
+    if "label" in items[0]:
+        batch["label"] = torch.stack([item["label"] for item in items])
+    return batch
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    """A map-style split: `len`, `[i]`, batched fetches (`__getitems__`), `set_epoch` for augmentation."""
+    """A map-style split: `len`, `[i]`, batched fetches (`__getitems__`), `set_epoch` for augmentation.
+    Loaders collate with `dataset.collate`."""
+
+    collate = staticmethod(collate)
 
     def __init__(self, table: datasets.Dataset, *, image_size: int, channels: int,
                  augmentation: DataAugmentation | None = None, seed: int = 0) -> None:
@@ -88,8 +119,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _item(self, record: dict, label: int | None, index: int) -> dict[str, torch.Tensor]:
         rng = _item_rng(self.seed, self.epoch, index) if self.augmentation is not None else None
-        pixels = transform(decode(record), self.image_size, self.channels, self.augmentation, rng)
-        item = {"image": torch.from_numpy(pixels)}
+        image = decode(record, _draft_side(self.image_size, self.augmentation))
+        item = {"image": _as_chw(transform(image, self.image_size, self.channels, self.augmentation, rng))}
         if label is not None:
             item["label"] = torch.tensor(label, dtype=torch.int64)
         return item
@@ -106,7 +137,9 @@ class ImageDataset(torch.utils.data.Dataset):
 class StreamingImageDataset(torch.utils.data.IterableDataset):
     """An iterable split (a streamed Hub dataset or local shards, already split by node); DataLoader
     workers share out its shards (`datasets` does that). Augmentation is keyed by the item's position
-    in this process's stream."""
+    in this process's stream. Loaders collate with `dataset.collate`."""
+
+    collate = staticmethod(collate)
 
     def __init__(self, stream: datasets.IterableDataset, *, image_size: int, channels: int,
                  augmentation: DataAugmentation | None = None, seed: int = 0,
@@ -130,8 +163,8 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         worker = 0 if info is None else info.id
         for position, row in enumerate(self.stream):
             rng = _item_rng(self.seed, self.epoch, position * 1024 + worker) if self.augmentation is not None else None
-            item = {"image": torch.from_numpy(transform(decode(row["image"]), self.image_size, self.channels,
-                                                        self.augmentation, rng))}
+            image = decode(row["image"], _draft_side(self.image_size, self.augmentation))
+            item = {"image": _as_chw(transform(image, self.image_size, self.channels, self.augmentation, rng))}
             if "label" in row and row["label"] is not None:
                 item["label"] = torch.tensor(row["label"], dtype=torch.int64)
             yield item

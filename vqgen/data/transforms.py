@@ -56,19 +56,23 @@ def random_box(width: int, height: int, rng: np.random.Generator, min_scale: flo
 
 
 def to_pixels(image: Image.Image, size: int, channels: int, box: Box, flip: bool = False) -> np.ndarray:
-    """The `box` of `image`, resized (bicubic, antialiased) to `size x size`, as uint8 `c size size`."""
-    image = image.convert("L" if channels == 1 else "RGB")
+    """The `box` of `image`, resized (bicubic, antialiased) to `size x size`, as contiguous uint8 `size size c`
+    (channels last: batches are stacked that way and viewed as `b c h w`, see `images.collate`)."""
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
     if box != (0, 0, size, size) or image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pixels = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy shares it
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
 def transform(image: Image.Image, size: int, channels: int, augmentation: DataAugmentation | None,
               rng: np.random.Generator | None) -> np.ndarray:
-    """Evaluation (`augmentation` None): the centre crop. Training: the configured random crop and flip."""
+    """Evaluation (`augmentation` None): the centre crop. Training: the configured random crop and flip.
+    Returns uint8 `size size c`."""
     width, height = image.size
     if augmentation is None or augmentation.train_crop == "center":
         box = center_box(width, height)
