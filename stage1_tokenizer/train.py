@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grids_of = to_device(grid_batch(test_set), accelerator.device)
 
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    evaluated_at = None
     model.train()
     start = time.time()
     for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         progress.set_postfix(loss=f"{loss:.4g}")
         if step % args.eval_steps == 0 or step == args.max_steps:
             with isolated_rng(accelerator.device):
-                metrics = evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize)
+                metrics, evaluated_at = evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize), step
                 if accelerator.is_main_process:
                     write_grids(accelerator, model, grids_of, output_dir / "samples", f"_step{step:07d}")
             record = {"step": step, "train/loss": loss, "elapsed_s": round(time.time() - start, 1), **metrics}
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             break
     progress.close()
 
-    metrics = evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize)
+    if evaluated_at != step:  # a run that stopped on time or signal; one that reached --max_steps just did
+        metrics = evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize)
     unwrapped = accelerator.unwrap_model(model)
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(time.time() - start, 1)}

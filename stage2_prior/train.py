@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(prior)
 
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train prior")
+    evaluated_at = None
     start, tokens_seen = time.time(), 0
     prior.train()
     for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         progress.set_postfix(loss=f"{mean_loss:.4f}")
         if step % args.eval_steps == 0 or step == args.max_steps:
             with isolated_rng(accelerator.device):
-                metrics = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels)
+                metrics, evaluated_at = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels), step
             record = {"step": step, "train/nats_per_token": mean_loss,
                       "train/tokens_per_second": round(tokens_seen / (time.time() - start), 1), **metrics}
             if accelerator.is_main_process:
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress.close()
     train_seconds = time.time() - start
 
-    metrics = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels)
+    if evaluated_at != step:  # a run that stopped on time or signal; one that reached --max_steps just did
+        metrics = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels)
     summary: dict[str, Any] = {"tokenizer": args.tokenizer, "dataset": args.dataset, "steps": step, **metrics,
                                "train_seconds": round(train_seconds, 1),
                                "train_tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1),

@@ -13,15 +13,7 @@ from stage1_tokenizer.vqgan_networks import AttentionBlock, ResnetBlock, VQGANDe
 
 RELEASE = Path(__file__).parent / "fixtures" / "release_0_1"
 
-TINY = dict(channels=8, num_res_blocks=1)
-
-
-def tiny(kind: str, **kwargs):
-    torch.manual_seed(0)
-    if kind == "vqvae":
-        return VQVAE(codebook_size=16, code_dim=4, **TINY, **kwargs)
-    cls = {"vae": VAE, "vae-grid": VAE, "cvae": CVAE, "cvae-grid": CVAE}[kind]
-    return cls(latent="grid" if kind.endswith("grid") else "flat", latent_dim=4, **TINY, **kwargs)
+from test_models import TINY, tiny  # noqa: E402 - the same tiny models as the model tests
 
 
 @pytest.mark.parametrize("kind", ["vqvae", "vae", "vae-grid", "cvae", "cvae-grid"])
