@@ -152,6 +152,12 @@ class LPIPS(nn.Module):
         if not path.is_file():
             raise LossConfigurationError(f"--lpips_weights {path}: no such file. {how}")
         weights = read_state_dict(path)
+        # the file's own shortcomings first: whether the heads can be found elsewhere is a later question
+        backbone = [f"features.{i}.{kind}" for block in VGG16_BLOCKS for i, _, _ in block for kind in ("weight", "bias")]
+        missing = [key for key in backbone if key not in weights]
+        if missing:
+            raise LossConfigurationError(f"{path} is not a torchvision vgg16 state dict: it lacks {len(missing)} "
+                                         f"tensor(s), e.g. {missing[:3]}. {how}")
         if not all(key in weights for key in HEAD_KEYS):
             heads = lpips_package_heads()
             if heads is None:
