@@ -115,11 +115,14 @@ def as_flags(options: dict[str, Any]) -> str:
     return " ".join(flag(key, value) for key, value in options.items())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m stage1_tokenizer.presets",
+                            description="Print each preset of `stage1_tokenizer.train --preset`: its parameter "
+                                        "count, what it is for, and the flags it sets.").parse_args(argv)
     for name, preset in PRESETS.items():
         print(f"{name}: {parameter_count(name) / 1e6:.2f} M parameters. {preset.description}")
         print(f"    {as_flags(preset.options) or '(the defaults)'}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

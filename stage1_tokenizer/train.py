@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -165,7 +166,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loss_fn: LossSum,
     code_counts = torch.zeros(unwrapped.codebook_size if unwrapped.is_discrete else 0, dtype=torch.float64,
                               device=accelerator.device)
     for batch in loader:
-        images, labels = batch_to_inputs(to_device(batch, accelerator.device), binarize)
+        images, labels = batch_to_inputs(send_to_device(batch, accelerator.device), binarize)
         out = unwrapped(images, labels)
         terms = loss_fn(out, images, step)
         per_image_mse = (unwrapped.reconstruct(images, labels).float() - images.float()).pow(2).flatten(1).mean(1)
@@ -189,10 +190,6 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loss_fn: LossSum,
         counts = accelerator.reduce(code_counts, reduction="sum")
         metrics["test/codebook_usage"], metrics["test/perplexity"] = codebook_usage(counts)
     return metrics
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def grid_batch(test_set: ImageDataset | torch.utils.data.IterableDataset, n: int = 32) -> dict[str, torch.Tensor]:
@@ -260,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state = prepare_training(accelerator, model, train_set, None, args, auxiliary=loss_fn.optimizer_groups())
     model, step = state.model, state.step
     test_loader = sharded_loader(accelerator, test_set, args.eval_batch_size, args)
-    grids_of = to_device(grid_batch(test_set), accelerator.device)
+    grids_of = send_to_device(grid_batch(test_set), accelerator.device)
 
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     evaluated_at = None

@@ -22,7 +22,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import skip_first_batches
-from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 
 from .cli import add_dataclass_arguments, option
@@ -137,7 +137,7 @@ class TrainingState:
                 if skip:
                     skip -= 1
                     continue
-                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                yield send_to_device(batch, self.device, non_blocking=True)
             if not seen:
                 raise ValueError("the training stream is empty for this process; stream more data or fewer processes")
             epoch += 1

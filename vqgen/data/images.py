@@ -51,9 +51,15 @@ def _draft_side(size: int, augmentation: DataAugmentation | None) -> int:
     return size
 
 
-def _as_chw(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 `h w c` -> a `c h w` view of it (channels-last strides; `collate` stacks the contiguous data)."""
-    return torch.from_numpy(pixels).permute(2, 0, 1)
+def _item(record: dict, label: int | None, size: int, channels: int, augmentation: DataAugmentation | None,
+          rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+    """One decoded, transformed item: the image as a `c h w` view of contiguous `h w c` pixels (channels-last
+    strides; `collate` stacks the contiguous data) and the label, if any."""
+    pixels = transform(decode(record, _draft_side(size, augmentation)), size, channels, augmentation, rng)
+    item = {"image": torch.from_numpy(pixels).permute(2, 0, 1)}
+    if label is not None:
+        item["label"] = torch.tensor(label, dtype=torch.int64)
+    return item
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -117,18 +123,12 @@ class ImageDataset(torch.utils.data.Dataset):
         bounds = np.linspace(0, len(self), num_shards + 1).round().astype(int)
         return self.select(range(bounds[index], bounds[index + 1]))
 
-    def _item(self, record: dict, label: int | None, index: int) -> dict[str, torch.Tensor]:
-        rng = _item_rng(self.seed, self.epoch, index) if self.augmentation is not None else None
-        image = decode(record, _draft_side(self.image_size, self.augmentation))
-        item = {"image": _as_chw(transform(image, self.image_size, self.channels, self.augmentation, rng))}
-        if label is not None:
-            item["label"] = torch.tensor(label, dtype=torch.int64)
-        return item
-
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         rows = self.table.select_columns(self._columns)[list(indices)]
         labels = rows["label"] if self.has_labels else itertools.repeat(None)
-        return [self._item(record, label, i) for record, label, i in zip(rows["image"], labels, indices)]
+        rng = (lambda i: _item_rng(self.seed, self.epoch, i)) if self.augmentation is not None else (lambda i: None)
+        return [_item(record, label, self.image_size, self.channels, self.augmentation, rng(i))
+                for record, label, i in zip(rows["image"], labels, indices)]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])[0]
@@ -163,8 +163,4 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         worker = 0 if info is None else info.id
         for position, row in enumerate(self.stream):
             rng = _item_rng(self.seed, self.epoch, position * 1024 + worker) if self.augmentation is not None else None
-            image = decode(row["image"], _draft_side(self.image_size, self.augmentation))
-            item = {"image": _as_chw(transform(image, self.image_size, self.channels, self.augmentation, rng))}
-            if "label" in row and row["label"] is not None:
-                item["label"] = torch.tensor(row["label"], dtype=torch.int64)
-            yield item
+            yield _item(row["image"], row.get("label"), self.image_size, self.channels, self.augmentation, rng)
