@@ -20,9 +20,10 @@ def header(name: str) -> dict:
     }
 
 
-def emit(results: dict, out: str | None) -> None:
+def emit(results: dict, out: str | None, quiet: bool = False) -> None:
     text = json.dumps(results, indent=2)
-    print(text)
+    if not quiet:
+        print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")

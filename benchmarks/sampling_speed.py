@@ -119,11 +119,16 @@ def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype
         paths["static cache, compiled"] = ours(cache_implementation="static", compile=True)
     if uncached:
         paths["no cache"] = ours(use_cache=False)
-    warmup = {}
-    for name, run in paths.items():  # warm-up (and compilation) outside the timed rounds
+    warmup, failed = {}, {}
+    for name, run in list(paths.items()):  # warm-up (and compilation) outside the timed rounds
         start = time.perf_counter()
-        run()
-        synchronize(device)
+        try:
+            run()
+            synchronize(device)
+        except Exception as e:  # one path that fails (a backend without CUDA graphs, say) must not cost the others
+            failed[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            del paths[name]
+            continue
         warmup[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
@@ -137,14 +142,15 @@ def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype
     for name, ts in times.items():
         median = statistics.median(ts)
         rows[name] = {"tokens_per_s": b * n / median, "seconds": median, "first_call_s": warmup[name]}
-    base = rows["transformers generate"]["seconds"]
+    base = rows["transformers generate"]["seconds"] if "transformers generate" in rows else float("nan")
     for row in rows.values():
         row["speedup_vs_generate"] = base / row["seconds"]
         if "no cache" in rows:
             row["speedup_vs_no_cache"] = rows["no cache"]["seconds"] / row["seconds"]
         if bandwidth:
             row["percent_of_bandwidth_floor"] = 100 * bytes_per_step(prior, b, n) / bandwidth * n / row["seconds"]
-    return {"parameters": sum(p.numel() for p in prior.parameters()), "codes": n, "batch_size": b, "paths": rows}
+    return {"parameters": sum(p.numel() for p in prior.parameters()), "codes": n, "batch_size": b,
+            "paths": rows | failed}
 
 
 def main() -> None:
@@ -160,7 +166,8 @@ def main() -> None:
         rows = measure(size, args.batch_size, device, dtype, repeats=args.repeats, top_k=args.top_k,
                        compile=args.compile, uncached=args.uncached, bandwidth=bandwidth, skip=tuple(args.skip))
         report["sizes"][size] = rows
-        print(size, {k: round(v["speedup_vs_generate"], 2) for k, v in rows["paths"].items()}, file=sys.stderr)
+        print(size, {k: round(v["speedup_vs_generate"], 2) if "error" not in v else v["error"]
+                     for k, v in rows["paths"].items()}, file=sys.stderr)
     emit(report, args.out)
 
 

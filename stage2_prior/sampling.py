@@ -13,7 +13,8 @@ from vqgen.validation import is_finite_number, is_integer
 
 from .decoding import Decoder
 from .prior import prior_spec
-from .randomness import Generators, sample_keys, uniforms
+from .randomness import Generators, sample_keys
+from .token_choice import TokenChoice
 
 
 def check_sampling_args(
@@ -36,32 +37,6 @@ def check_sampling_args(
             f"guidance_scale={guidance_scale} needs a class-conditional prior; this one is unconditional. "
             "Use guidance_scale=1.0."
         )
-
-
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """`b v` logits -> temperature-scaled logits with everything outside top-k / the top-p nucleus at -inf."""
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens before it already reach top_p (so the first is always kept)
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def draw(logits: torch.Tensor, keys: torch.Tensor, position: int) -> torch.Tensor:
-    """One token per row of `b v` logits by inverse-CDF sampling with the counter-based uniforms of
-    `keys` (`b` int64) at `position`: no random-number call, nothing drawn on the CPU."""
-    probs = logits.float().softmax(-1)
-    cdf = probs.cumsum(-1)
-    u = uniforms(keys, position)[:, None]
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True)
-    return idx.clamp_max(probs.shape[-1] - 1).squeeze(1)
 
 
 @torch.no_grad()
@@ -132,17 +107,14 @@ def sample_codes(
     guided = guidance_scale != 1.0
     if guided:  # the unconditional twins run as the second half of the batch
         tokens = torch.cat([tokens, vocab.sequences(prompt, None)])
+    choose = TokenChoice(k, temperature, top_k, top_p, guidance_scale)
     decoder = Decoder(prior, max_length=1 + h * w, cache=cache_implementation if use_cache else "uncached",
                       compile=compile)
-    logits = decoder.prefill(tokens)
-    codes = [prompt]
+    codes = torch.empty(num_samples, h * w, dtype=torch.long, device=device)
+    codes[:, : prompt.shape[1]] = prompt
+    nxt = choose(decoder.prefill(tokens), keys, prompt.shape[1])
     for position in range(prompt.shape[1], h * w):
-        step_logits = logits[:, :k].float()  # special tokens are never sampled
-        if guided:
-            cond, uncond = step_logits.chunk(2)
-            step_logits = uncond + guidance_scale * (cond - uncond)
-        nxt = draw(filter_logits(step_logits, temperature, top_k, top_p), keys, position)
-        codes.append(nxt[:, None])
+        codes[:, position] = nxt
         if position + 1 < h * w:
-            logits = decoder.step(torch.cat([nxt, nxt]) if guided else nxt)
-    return torch.cat(codes, dim=1).reshape(num_samples, h, w)
+            nxt = decoder.step(torch.cat([nxt, nxt]) if guided else nxt, choose, keys)
+    return codes.reshape(num_samples, h, w)

@@ -18,7 +18,8 @@ import stage2_prior
 from stage1_tokenizer import VQVAE
 from vqgen.data import load_image_dataset
 from stage1_tokenizer.quantizers import VectorQuantizer
-from stage2_prior.sampling import check_sampling_args, filter_logits
+from stage2_prior.sampling import check_sampling_args
+from stage2_prior.token_choice import filter_logits
 
 # database=None: no .hypothesis/ folder left in the checkout
 FAST = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

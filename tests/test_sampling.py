@@ -9,7 +9,7 @@ import torch
 
 import stage2_prior.randomness as randomness
 from stage2_prior import TokenizerSpec, build_prior, sample_codes
-from stage2_prior.sampling import draw, filter_logits
+from stage2_prior.token_choice import draw, filter_logits
 
 SPEC = TokenizerSpec("t", codebook_size=32, grid_shape=(3, 3), image_size=12, image_channels=1,
                      class_names=["a", "b", "c"])
@@ -111,8 +111,28 @@ def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
 @pytest.mark.slow
 def test_the_compiled_static_path_gives_the_same_codes():
     prior = tiny_prior()
-    eager = sample_codes(prior, 4, class_labels=[0, 1, 2, 0], generator=torch.Generator().manual_seed(1),
-                         cache_implementation="static")
-    compiled = sample_codes(prior, 4, class_labels=[0, 1, 2, 0], generator=torch.Generator().manual_seed(1),
-                            cache_implementation="static", compile=True)
-    assert torch.equal(eager, compiled)
+    common = dict(class_labels=[0, 1, 2, 0], guidance_scale=2.0, top_k=20, top_p=0.9)
+    eager = sample_codes(prior, 4, generator=torch.Generator().manual_seed(1), cache_implementation="static", **common)
+    # twice: the second call reuses the compiled step and the emptied cache of the first
+    for _ in range(2):
+        compiled = sample_codes(prior, 4, generator=torch.Generator().manual_seed(1), cache_implementation="static",
+                                compile=True, **common)
+        assert torch.equal(eager, compiled)
+    other = sample_codes(prior, 4, generator=torch.Generator().manual_seed(2), cache_implementation="static",
+                         compile=True, **common)
+    assert not torch.equal(other, compiled)  # a new seed is not served stale codes
+
+
+@pytest.mark.slow
+def test_a_step_that_fails_to_compile_falls_back_to_the_compiled_forward_pass(monkeypatch):
+    from stage2_prior.decoding import compiled_step
+
+    prior = tiny_prior()
+    common = dict(class_labels=[0, 1, 2], top_k=20)
+    eager = sample_codes(prior, 3, generator=torch.Generator().manual_seed(5), cache_implementation="static", **common)
+    step = compiled_step(prior)
+    monkeypatch.setattr(step, "fused", lambda *args: (_ for _ in ()).throw(RuntimeError("lowering failed")))
+    with pytest.warns(RuntimeWarning, match="lowering failed"):
+        compiled = sample_codes(prior, 3, generator=torch.Generator().manual_seed(5), cache_implementation="static",
+                                compile=True, **common)
+    assert torch.equal(eager, compiled) and step.unfusable == {3}
