@@ -111,8 +111,9 @@ def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype
         return lambda: sample_codes(prior, b, class_labels=labels, top_k=top_k,
                                     generator=torch.Generator().manual_seed(0), **kw)
 
-    paths = {"preallocated cache": ours(cache_implementation="preallocated"),
-             "dynamic cache": ours(cache_implementation="dynamic"), "static cache": ours(cache_implementation="static"),
+    paths = {"preallocated cache": ours(cache_implementation="preallocated", compile=False),
+             "dynamic cache": ours(cache_implementation="dynamic", compile=False),
+             "static cache": ours(cache_implementation="static", compile=False),
              "transformers generate": lambda: reference.generate(input_ids=prefix, generation_config=config)}
     paths = {name: run for name, run in paths.items() if name not in skip}
     if compile:

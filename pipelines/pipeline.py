@@ -93,6 +93,9 @@ class TwoStagePipeline:
                 "the config belongs to another prior."
             )
         self.config = config
+        # How the prior decodes: None compiles its one-token step on CUDA only (`sample_codes`' default), True / False
+        # force it. Not part of the config: it changes the speed, not the samples.
+        self.compile_prior: bool | None = None
 
     # -- properties ---------------------------------------------------------------------------------
     @property
@@ -167,7 +170,7 @@ class TwoStagePipeline:
         """One image per generator, `b c h w` in [0, 1]: the prior draws a code grid, the tokenizer decodes it."""
         codes = sample_codes(self.prior, len(generators), class_labels=labels, temperature=settings.temperature,
                              top_k=settings.top_k, top_p=settings.top_p, guidance_scale=settings.guidance_scale,
-                             generator=generators)
+                             generator=generators, compile=self.compile_prior)
         return self.tokenizer.detokenize(codes.to(self.tokenizer.device))
 
     @torch.no_grad()

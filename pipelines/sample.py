@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass")
     p.add_argument("--guidance_scale", type=float, default=None,
                    help="classifier-free guidance (default: the pipeline's, when classes are given)")
+    p.add_argument("--compile_prior", choices=["auto", "yes", "no"], default="auto",
+                   help="compile the prior's one-token step (auto: on CUDA only, where it is 4-10x faster; the first "
+                        "batch compiles for ~15-25 s). Changes the speed, not the samples")
     args = p.parse_args(argv)
     if args.num_samples <= 0:
         p.error(f"--num_samples must be positive, got {args.num_samples}")
@@ -134,6 +137,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     labels = resolve_labels(model, cycled_labels(args.class_labels, args.num_samples), args.num_samples)
     settings = model.sampling_settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                        guidance_scale=args.guidance_scale, conditional=labels is not None)
+    if args.compile_prior != "auto":
+        if not hasattr(model, "compile_prior"):
+            raise SystemExit(f"error: --compile_prior applies to a two-stage pipeline's prior; {args.model} is a "
+                             f"{model.model_type}")
+        model.compile_prior = args.compile_prior == "yes"
     model.to(state.device)
     manifest = {"model": args.model, "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
                 "labels": None if labels is None else labels.tolist(), "settings": dataclasses.asdict(settings)}

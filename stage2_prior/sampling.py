@@ -52,8 +52,8 @@ def sample_codes(
     generator: Generators = None,
     use_cache: bool = True,
     prompt_codes: torch.Tensor | None = None,
-    cache_implementation: Literal["preallocated", "static", "dynamic"] = "preallocated",
-    compile: bool = False,
+    cache_implementation: Literal["preallocated", "static", "dynamic"] | None = None,
+    compile: bool | None = None,
 ) -> torch.Tensor:
     """Sample `num_samples` code grids `b h w` (long, in [0, K)) from `prior`.
 
@@ -69,22 +69,31 @@ def sample_codes(
     from it; token j of sample i then uses the counter-based uniform hash(key_i, j), computed on
     the prior's device (`stage2_prior.randomness`).
 
-    Decoding: `cache_implementation="preallocated"` (the default: transformers' cache API over
-    buffers sized for the sequence, no per-step concatenation), "dynamic" (transformers'
-    DynamicCache, the reference) or "static" (a StaticCache; `compile=True` compiles its one-token
-    step). All paths give the same codes in float32. `use_cache=False` recomputes the whole prefix every step (only for
-    measuring what the cache saves).
+    Decoding: `cache_implementation="preallocated"` (transformers' cache API over buffers sized for
+    the sequence, no per-step concatenation), "dynamic" (transformers' DynamicCache, the reference) or
+    "static" (a StaticCache; `compile=True` compiles its one-token step together with the token choice,
+    as CUDA graphs on a GPU). All paths give the same codes in float32. The default (both None) is the
+    compiled static path when the prior is on CUDA (4-10x `generate` on an H200; the first call for a
+    batch size compiles, ~15-25 s) and the eager preallocated path elsewhere (compiling pays on a CPU
+    only over long runs: 1.36x at ~5 s of compilation). `use_cache=False` recomputes the whole prefix
+    every step (only for measuring what the cache saves).
     """
     spec = prior_spec(prior)
     vocab = spec.vocabulary
     k, (h, w) = vocab.codebook_size, spec.tokenizer.grid_shape
     check_sampling_args(num_samples, k, temperature=temperature, top_k=top_k, top_p=top_p,
                         guidance_scale=guidance_scale, conditional=vocab.num_classes > 0)
-    if not isinstance(use_cache, bool) or not isinstance(compile, bool):
-        raise TypeError("use_cache and compile must be True or False")
-    if cache_implementation not in ("preallocated", "static", "dynamic"):
+    if not isinstance(use_cache, bool) or not (compile is None or isinstance(compile, bool)):
+        raise TypeError(f"use_cache must be True or False and compile True, False or None, got {use_cache!r}, {compile!r}")
+    if cache_implementation not in (None, "preallocated", "static", "dynamic"):
         raise ValueError(f"cache_implementation must be 'preallocated', 'static' or 'dynamic', got {cache_implementation!r}")
     device = next(prior.parameters()).device
+    if compile is None:
+        compile = device.type == "cuda" and use_cache and cache_implementation is None
+    cache_implementation = cache_implementation or ("static" if compile else "preallocated")
+    if compile and (cache_implementation != "static" or not use_cache):
+        raise ValueError("compile=True needs cache_implementation='static' (only fixed shapes compile to one graph) "
+                         "and use_cache=True")
     labels = None
     if class_labels is not None:
         labels = torch.as_tensor(class_labels)

@@ -97,7 +97,8 @@ def test_uniforms_are_uniform_and_independent_across_positions():
 @pytest.mark.parametrize("bad", [dict(temperature=math.inf), dict(temperature=math.nan), dict(top_k=2.5),
                                  dict(top_k=True), dict(top_p=math.nan), dict(guidance_scale=math.inf),
                                  dict(guidance_scale=math.nan), dict(cache_implementation="paged"),
-                                 dict(class_labels=[0.5, 1.0])])
+                                 dict(class_labels=[0.5, 1.0]), dict(compile=True, cache_implementation="dynamic"),
+                                 dict(compile=True, use_cache=False)])
 def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
     prior = tiny_prior()
     monkeypatch.setattr(prior, "forward", lambda *a, **k: pytest.fail("the prior ran"))
@@ -106,6 +107,8 @@ def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
         sample_codes(prior, 2, **kwargs)
     with pytest.raises(ValueError):
         sample_codes(prior, 2.0)
+    with pytest.raises(TypeError):
+        sample_codes(prior, 2, compile=1)  # an int is not a decision to compile
 
 
 @pytest.mark.slow
