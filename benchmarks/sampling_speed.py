@@ -2,6 +2,8 @@
 
     python benchmarks/sampling_speed.py --out benchmarks/results/sampling_cpu.json     # both sizes, CPU
     python benchmarks/sampling_speed.py --sizes mnist --repeats 3 --compile            # add the compiled path
+    python benchmarks/sampling_speed.py --sizes 256px --batch_size 1 --compile --profile \
+        --skip "dynamic cache" "static cache"                 # on a GPU: where the fastest path's time goes
 
 Sizes (random weights: speed does not depend on them):
   mnist   the MNIST prior of `stage2_prior.train`'s defaults: GPT-2, 6 layers x 256, 7x7 = 49 codes, K = 512
@@ -53,6 +55,8 @@ def parse_args() -> argparse.Namespace:
                    help="leave out these reference paths (the 256px size takes minutes per path on a CPU)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="weights' dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one call of the fastest of our paths (torch.profiler): where its time goes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None)
     return p.parse_args()
@@ -88,7 +92,7 @@ def bytes_per_step(prior: torch.nn.Module, batch: int, length: int) -> float:
 
 def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype, *, repeats: int = 5,
             top_k: int = 100, compile: bool = False, uncached: bool = False,
-            bandwidth: float | None = None, skip: tuple[str, ...] = ()) -> dict:
+            bandwidth: float | None = None, skip: tuple[str, ...] = (), profile: bool = False) -> dict:
     """Every path at one size and batch: tokens/s, speed-up over `generate`, and (with `bandwidth`,
     bytes/s) the share of the memory-bandwidth floor."""
     s = SIZES[size]
@@ -150,8 +154,37 @@ def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype
             row["speedup_vs_no_cache"] = rows["no cache"]["seconds"] / row["seconds"]
         if bandwidth:
             row["percent_of_bandwidth_floor"] = 100 * bytes_per_step(prior, b, n) / bandwidth * n / row["seconds"]
-    return {"parameters": sum(p.numel() for p in prior.parameters()), "codes": n, "batch_size": b,
-            "paths": rows | failed}
+    report = {"parameters": sum(p.numel() for p in prior.parameters()), "codes": n, "batch_size": b,
+              "paths": rows | failed}
+    if profile:
+        ours_fastest = min((name for name in rows if name not in ("transformers generate", "no cache")),
+                           key=lambda name: rows[name]["seconds"])
+        report["profile"] = profiled(ours_fastest, paths[ours_fastest], device, tokens=b * n, steps=n)
+    return report
+
+
+def profiled(name: str, run, device: torch.device, tokens: int, steps: int, top: int = 15) -> dict:
+    """One call under torch.profiler: the share of the wall time that operators (and, on CUDA, kernels) account
+    for, and the operators that take the most. What the operators leave is Python: the loop, guards, launches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        run()
+        synchronize(device)
+    wall_us = (time.perf_counter() - start) * 1e6
+    events = prof.key_averages()
+    cpu_ops = sum(e.self_cpu_time_total for e in events)
+    kernels = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    by = lambda attr: [{"op": e.key[:80], "calls": e.count, "self_us_per_step": getattr(e, attr) / steps}  # noqa: E731
+                       for e in sorted(events, key=lambda e: -getattr(e, attr, 0))[:top] if getattr(e, attr, 0) > 0]
+    return {"path": name, "wall_us_per_step": wall_us / steps, "tokens_per_s_profiled": tokens / wall_us * 1e6,
+            "share_in_cpu_operators": cpu_ops / wall_us,
+            "share_with_device_kernels_running": kernels / wall_us if device.type == "cuda" else None,
+            "top_by_self_cpu": by("self_cpu_time_total"),
+            "top_by_self_device": by("self_device_time_total") if device.type == "cuda" else None}
 
 
 def main() -> None:
@@ -165,7 +198,8 @@ def main() -> None:
         report["copy_bandwidth_GBps"] = bandwidth / 1e9
     for size in args.sizes:
         rows = measure(size, args.batch_size, device, dtype, repeats=args.repeats, top_k=args.top_k,
-                       compile=args.compile, uncached=args.uncached, bandwidth=bandwidth, skip=tuple(args.skip))
+                       compile=args.compile, uncached=args.uncached, bandwidth=bandwidth, skip=tuple(args.skip),
+                       profile=args.profile)
         report["sizes"][size] = rows
         print(size, {k: round(v["speedup_vs_generate"], 2) if "error" not in v else v["error"]
                      for k, v in rows["paths"].items()}, file=sys.stderr)
