@@ -175,7 +175,7 @@ def preset_model(name: str, device: str = "cpu"):
         return build_model(args, args.image_size or 28, args.channels_in or 1, None), args
 
 
-@pytest.mark.parametrize("name, side, grid", [("mnist", 28, 7), ("cifar10", 32, 8)])
+@pytest.mark.parametrize("name, side, grid", [("mnist", 28, 7), ("cifar10", 32, 8), ("cifar10-fsq", 32, 8)])
 def test_presets_build_models_of_their_shapes(name, side, grid):
     model, args = preset_model(name)
     channels = args.channels_in or 1
@@ -197,6 +197,8 @@ def test_the_vq16_preset_is_llamagens_vq16():
 def test_parameter_counts_of_the_presets():
     assert parameter_count("mnist") == sum(p.numel() for p in VQVAE().parameters())
     assert 2e6 <= parameter_count("cifar10") <= 8e6
+    assert parse_args(["--preset", "cifar10-fsq"]).fsq_levels == [8, 5, 5, 5]
+    assert PRESETS["cifar10-fsq"].options["channels"] == PRESETS["cifar10"].options["channels"]  # the same network
 
 
 def test_flags_override_a_preset_and_the_rest_of_it_stays():
