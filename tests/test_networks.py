@@ -198,7 +198,6 @@ def test_parameter_counts_of_the_presets():
     assert parameter_count("mnist") == sum(p.numel() for p in VQVAE().parameters())
     assert 2e6 <= parameter_count("cifar10") <= 8e6
     assert parse_args(["--preset", "cifar10-fsq"]).fsq_levels == [8, 5, 5, 5]
-    assert PRESETS["cifar10-fsq"].options["channels"] == PRESETS["cifar10"].options["channels"]  # the same network
 
 
 def test_flags_override_a_preset_and_the_rest_of_it_stays():
