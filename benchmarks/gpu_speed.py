@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import emit, header  # noqa: E402
-from sampling_speed import SIZES, copy_bandwidth, measure, synchronize  # noqa: E402
+from sampling_speed import SIZES, copy_bandwidth, measure, random_prior, synchronize  # noqa: E402
 
 from stage1_tokenizer import build_loss  # noqa: E402
 from stage1_tokenizer.train import build_model  # noqa: E402
 from stage1_tokenizer.train import parse_args as parse_training_args  # noqa: E402
-from stage2_prior import TokenizerSpec, build_prior, sample_codes  # noqa: E402
+from stage2_prior import sample_codes  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,10 +77,8 @@ def counted_flops(step) -> int:
 
 
 def prior_training(device: torch.device, quick: bool, repeats: int, rate: float, compile: bool) -> dict:
-    s = SIZES["mnist" if quick else "256px"]
-    spec = TokenizerSpec("random", s["codebook_size"], (s["side"], s["side"]), 16 * s["side"], 3, [str(i) for i in range(10)])
-    prior = build_prior(spec, spec.class_names, num_layers=s["num_layers"], hidden_size=s["hidden_size"],
-                        num_heads=s["num_heads"], dropout=0.0).to(device)
+    size = "mnist" if quick else "256px"
+    s, prior = SIZES[size], random_prior(size, device)
     optimizer = torch.optim.AdamW(prior.parameters(), lr=1e-4)
     batch = 8 if quick else 64
     ids = torch.randint(0, s["codebook_size"], (batch, 1 + s["side"] ** 2), device=device)
@@ -125,11 +123,7 @@ def tokenizer_training(device: torch.device, quick: bool, repeats: int, rate: fl
 
 
 def consistency(device: torch.device) -> dict:
-    s = SIZES["mnist"]
-    spec = TokenizerSpec("random", s["codebook_size"], (s["side"], s["side"]), 16 * s["side"], 3, [str(i) for i in range(10)])
-    torch.manual_seed(0)
-    prior = build_prior(spec, spec.class_names, num_layers=s["num_layers"], hidden_size=s["hidden_size"],
-                        num_heads=s["num_heads"], dropout=0.0).to(device).eval()
+    prior = random_prior("mnist", device).eval()
     labels = torch.arange(64) % 10
     generators = lambda idx: [torch.Generator().manual_seed(i) for i in idx]  # noqa: E731
     runs = {cache: sample_codes(prior, 64, class_labels=labels, generator=generators(range(64)), top_k=100,

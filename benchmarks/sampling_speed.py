@@ -90,17 +90,23 @@ def bytes_per_step(prior: torch.nn.Module, batch: int, length: int) -> float:
     return weights + kv
 
 
+def random_prior(size: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A class-conditional prior of `SIZES[size]` with seeded random weights (speed does not depend on them)."""
+    s = SIZES[size]
+    spec = TokenizerSpec("random", s["codebook_size"], (s["side"], s["side"]), s["side"] * 16, 3,
+                         [str(i) for i in range(10)])
+    torch.manual_seed(0)
+    return build_prior(spec, spec.class_names, num_layers=s["num_layers"], hidden_size=s["hidden_size"],
+                       num_heads=s["num_heads"], dropout=0.0).to(device, dtype)
+
+
 def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype, *, repeats: int = 5,
             top_k: int = 100, compile: bool = False, uncached: bool = False,
             bandwidth: float | None = None, skip: tuple[str, ...] = (), profile: bool = False) -> dict:
     """Every path at one size and batch: tokens/s, speed-up over `generate`, and (with `bandwidth`,
     bytes/s) the share of the memory-bandwidth floor."""
     s = SIZES[size]
-    spec = TokenizerSpec("random", s["codebook_size"], (s["side"], s["side"]), s["side"] * 16, 3,
-                         [str(i) for i in range(10)])
-    torch.manual_seed(0)
-    prior = build_prior(spec, spec.class_names, num_layers=s["num_layers"], hidden_size=s["hidden_size"],
-                        num_heads=s["num_heads"], dropout=0.0).to(device, dtype).eval()
+    prior = random_prior(size, device, dtype).eval()
     with tempfile.TemporaryDirectory() as tmp:
         save_prior(prior, tmp)
         reference = AutoModelForCausalLM.from_pretrained(tmp).to(device, dtype).eval()

@@ -11,6 +11,7 @@ Four paths give the same logits (and so, with the counter-based draws, the same 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Literal
 
@@ -24,6 +25,14 @@ CacheImplementation = Literal["preallocated", "static", "dynamic", "uncached"]
 CACHE_IMPLEMENTATIONS = ("preallocated", "static", "dynamic", "uncached")
 
 
+def next_tokens(model, token: torch.Tensor, positions: torch.Tensor, cache, choose: TokenChoice, keys: torch.Tensor,
+                counter: int | torch.Tensor) -> torch.Tensor:
+    """One step: `b'` tokens fed at `positions` (`1 1`) -> the `b` tokens `choose` draws with `counter`. `model` is
+    the prior or a compiled copy of it."""
+    logits = model(input_ids=token[:, None], cache=cache, use_cache=True, position_ids=positions).logits
+    return choose(logits[:, -1], keys, counter)
+
+
 class CompiledStep:
     """The one-token step compiled: `(b' tokens, 1 1 position, cache, choose, b keys) -> b` next tokens.
 
@@ -31,31 +40,26 @@ class CompiledStep:
     sampling ops (guidance, top-k, the counter-based draw) are ~35 small kernels per token that would otherwise
     run eagerly between two graph replays (on an H200 at batch 1, 2.2x faster than compiling the forward pass
     alone). Where that graph fails to compile for a batch size (torch 2.11's CUDA inductor did at batch 64), that
-    batch size falls back to the compiled forward pass with the choice made eagerly, with a warning.
+    batch size falls back to the compiled forward pass with the choice made eagerly, with a warning. The counter
+    of the draw is the position tensor, so no step recompiles.
     """
 
     def __init__(self, prior: PreTrainedModel, mode: str | None) -> None:
-        def fused(token: torch.Tensor, position_ids: torch.Tensor, cache: StaticCache, choose: TokenChoice,
-                  keys: torch.Tensor) -> torch.Tensor:
-            logits = prior(input_ids=token[:, None], cache=cache, use_cache=True, position_ids=position_ids).logits
-            return choose(logits[:, -1], keys, position_ids[0, 0])
-
-        self.fused = torch.compile(fused, dynamic=False, fullgraph=False, mode=mode)
         self.forward = torch.compile(prior, dynamic=False, fullgraph=False, mode=mode)
+        self.fused = torch.compile(functools.partial(next_tokens, prior), dynamic=False, fullgraph=False, mode=mode)
         self.unfusable: set[int] = set()  # batch sizes whose fused graph failed to compile
 
-    def __call__(self, token: torch.Tensor, position_ids: torch.Tensor, cache: StaticCache, choose: TokenChoice,
+    def __call__(self, token: torch.Tensor, positions: torch.Tensor, cache: StaticCache, choose: TokenChoice,
                  keys: torch.Tensor) -> torch.Tensor:
         if token.shape[0] not in self.unfusable:
             try:
-                return self.fused(token, position_ids, cache, choose, keys)
+                return self.fused(token, positions, cache, choose, keys, positions[0, 0])
             except Exception as error:  # noqa: BLE001 - the compiler's own errors have no common class to name
                 self.unfusable.add(token.shape[0])
                 warnings.warn(f"compiling the sampling ops into the decoding step failed at batch {token.shape[0]} "
                               f"({type(error).__name__}: {str(error)[:200]}); compiling the prior's forward pass "
                               "alone for this batch size", RuntimeWarning, stacklevel=3)
-        logits = self.forward(input_ids=token[:, None], cache=cache, use_cache=True, position_ids=position_ids).logits
-        return choose(logits[:, -1], keys, position_ids[0, 0])
+        return next_tokens(self.forward, token, positions, cache, choose, keys, positions[0, 0])
 
 
 def compiled_step(prior: PreTrainedModel, mode: str | None = None) -> CompiledStep:
@@ -68,17 +72,18 @@ def compiled_step(prior: PreTrainedModel, mode: str | None = None) -> CompiledSt
 
 
 def reusable_static_cache(prior: PreTrainedModel, batch: int, max_length: int) -> StaticCache:
-    """One `StaticCache` per prior and shape, emptied for each use: a compiled step (and its CUDA graph) is
-    recorded against the cache's tensors, so a fresh cache per call would mean fresh recordings."""
+    """The prior's `StaticCache` for this shape, emptied for reuse: a compiled step (and its CUDA graph) is recorded
+    against the cache's tensors, so a fresh cache per call would mean fresh recordings. One is kept at a time: each
+    holds every layer's keys and values for the whole batch."""
     parameter = next(prior.parameters())
-    caches = prior.__dict__.setdefault("_vqgen_static_caches", {})
     key = (batch, max_length, parameter.dtype, parameter.device)
-    if key not in caches:
-        caches.clear()  # one at a time: each holds every layer's keys and values for the whole batch
-        caches[key] = StaticCache(config=prior.config, max_cache_len=max_length)
-    else:
-        caches[key].reset()
-    return caches[key]
+    kept = prior.__dict__.get("_vqgen_static_cache")
+    if kept is not None and kept[0] == key:
+        kept[1].reset()
+        return kept[1]
+    cache = StaticCache(config=prior.config, max_cache_len=max_length)
+    prior.__dict__["_vqgen_static_cache"] = (key, cache)
+    return cache
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -165,5 +170,4 @@ class Decoder:
                 torch.compiler.cudagraph_mark_step_begin()
             # cloned: a CUDA graph's output is overwritten by its next replay, and this one is the next step's input
             return self.compiled(token, positions, self.cache, choose, keys).clone()
-        logits = self.prior(input_ids=token[:, None], cache=self.cache, use_cache=True, position_ids=positions).logits
-        return choose(logits[:, -1], keys, position)
+        return next_tokens(self.prior, token, positions, self.cache, choose, keys, position)
