@@ -11,17 +11,34 @@ import torch
 from .randomness import uniforms
 
 
+def blocked_cumsum(x: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """Cumulative sum along the last dim of `b v`, as sums within blocks of `block` plus the running total of the
+    blocks before. Torch 2.11's CUDA inductor fails to generate the split scan it picks for one long row
+    (16,384 codes at batch 64); scans of <= 128 elements are not split. All paths, eager and compiled, use this
+    one summation order, so they give the same cumulative sums."""
+    v = x.shape[-1]
+    blocks = torch.nn.functional.pad(x, (0, -v % block)).unflatten(-1, (-1, block))  # b n block
+    within = blocks.cumsum(-1)
+    # b n: the running total before each block, shifted rather than subtracted so that the last sum of a block and
+    # the total carried into the next are the same float: the result never decreases, as the draw's count needs
+    before = torch.nn.functional.pad(within[..., -1].cumsum(-1)[..., :-1], (1, 0))
+    return (within + before[..., None]).flatten(-2)[..., :v]
+
+
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """`b v` logits -> temperature-scaled logits with everything outside top-k / the top-p nucleus at -inf."""
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        # the k-th largest is the least of the unsorted top k: the same value, without sorting (5x on a CPU)
+        kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens before it already reach top_p (so the first is always kept)
+        cumulative = blocked_cumsum(sorted_logits.softmax(-1))
+        # drop a token when the tokens before it already reach top_p; the first is always kept, also where top_p
+        # rounds to 0 in float32
         drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -30,12 +47,18 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
 def draw(logits: torch.Tensor, keys: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
     """One token per row of `b v` logits by inverse-CDF sampling with the counter-based uniforms of
     `keys` (`b` int64) at `position`: no random-number call, nothing drawn on the CPU."""
-    cdf = logits.float().softmax(-1).cumsum(-1)
+    probs = logits.float().softmax(-1)
+    cdf = blocked_cumsum(probs)
     threshold = uniforms(keys, position)[:, None] * cdf[:, -1:]
-    # The number of CDF entries at or below the threshold: `searchsorted(right=True)` of a non-decreasing CDF,
-    # as one fusable reduction (inductor's CUDA lowering of searchsorted failed at batch 64 with torch 2.11).
-    idx = (cdf <= threshold).sum(-1)
-    return idx.clamp_max(cdf.shape[-1] - 1)
+    # The first token whose CDF passes the threshold (`searchsorted(right=True)`), as fusable reductions. Tokens of
+    # zero probability are excluded: where rounding makes the CDF step up by an ulp at one of them, it must not be
+    # drawn. If rounding puts the threshold at the total itself (u within 2**-24 of 1), the draw is the last token
+    # of positive probability.
+    possible = probs > 0
+    passed = (cdf > threshold) & possible
+    index = torch.arange(probs.shape[-1], device=probs.device)
+    last_possible = torch.where(possible, index, 0).amax(-1)  # 0 where no token is possible (NaN logits)
+    return torch.where(passed.any(-1), passed.int().argmax(-1), last_possible)
 
 
 @dataclass(frozen=True)
