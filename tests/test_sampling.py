@@ -114,6 +114,7 @@ def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
 @pytest.mark.slow
 def test_the_compiled_static_path_gives_the_same_codes():
     prior = tiny_prior()
+    attention = prior.config._attn_implementation
     common = dict(class_labels=[0, 1, 2, 0], guidance_scale=2.0, top_k=20, top_p=0.9)
     eager = sample_codes(prior, 4, generator=torch.Generator().manual_seed(1), cache_implementation="static", **common)
     # twice: the second call reuses the compiled step and the emptied cache of the first
@@ -124,6 +125,20 @@ def test_the_compiled_static_path_gives_the_same_codes():
     other = sample_codes(prior, 4, generator=torch.Generator().manual_seed(2), cache_implementation="static",
                          compile=True, **common)
     assert not torch.equal(other, compiled)  # a new seed is not served stale codes
+    # the CPU step attends in the fusable matmul form for the run only: the prior's own setting is given back
+    assert prior.config._attn_implementation == attention
+
+
+def test_the_attention_setting_is_restored_when_decoding_fails(monkeypatch):
+    from stage2_prior.decoding import Decoder
+
+    prior = tiny_prior()
+    attention = prior.config._attn_implementation
+    monkeypatch.setattr(Decoder, "prefill", lambda self, tokens: pytest.fail("unreachable") if
+                        prior.config._attn_implementation != "eager" else (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # the compiled CPU path had switched to eager attention, then was stopped
+        sample_codes(prior, 2, cache_implementation="static", compile=True)
+    assert prior.config._attn_implementation == attention != "eager"
 
 
 @pytest.mark.slow
