@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance_scale", type=float, default=None,
                    help="classifier-free guidance (default: the pipeline's, when classes are given)")
     p.add_argument("--compile_prior", choices=["auto", "yes", "no"], default="auto",
-                   help="compile the prior's one-token step (auto: on CUDA only, where it is 4-10x faster; the first "
+                   help="compile the prior's one-token step (auto: on CUDA only, where it is 8-10x faster; the first "
                         "batch compiles for ~15-25 s). Changes the speed, not the samples")
     args = p.parse_args(argv)
     if args.num_samples <= 0:

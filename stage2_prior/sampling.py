@@ -73,9 +73,9 @@ def sample_codes(
     the sequence, no per-step concatenation), "dynamic" (transformers' DynamicCache, the reference) or
     "static" (a StaticCache; `compile=True` compiles its one-token step together with the token choice,
     as CUDA graphs on a GPU). All paths give the same codes in float32. The default (both None) is the
-    compiled static path when the prior is on CUDA (4-10x `generate` on an H200; the first call for a
+    compiled static path when the prior is on CUDA (8-10x `generate` on an H200; the first call for a
     batch size compiles, ~15-25 s) and the eager preallocated path elsewhere (compiling pays on a CPU
-    only over long runs: 1.36x at ~5 s of compilation). `use_cache=False` recomputes the whole prefix
+    only over long runs: 1.5x `generate` after 5-25 s of compilation). `use_cache=False` recomputes the whole prefix
     every step (only for measuring what the cache saves).
     """
     spec = prior_spec(prior)
