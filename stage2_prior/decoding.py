@@ -138,9 +138,10 @@ class Decoder:
         self.on_cuda = next(prior.parameters()).device.type == "cuda"
         # CUDA graphs ("reduce-overhead") replay the whole step as one launch: at batch 1 the step is launch-bound
         self.compiled = compiled_step(prior, "reduce-overhead" if self.on_cuda else None) if compile else None
-        # On a CPU the compiled step attends with the plain matmul-softmax-matmul form, which inductor fuses into
-        # the step's other kernels: 1.1-1.3x the step with SDPA's CPU flash kernel, at one query per row. On CUDA
-        # SDPA stays (cuDNN's kernel; the alternative is unmeasured there).
+        # On a CPU the compiled steps attend with the plain matmul-softmax-matmul form, which inductor fuses into
+        # the step's other kernels: 1.1-1.3x the step with SDPA's CPU flash kernel, at one query per row. The
+        # prefill keeps SDPA (the plain form would hold every score of the prompt). On CUDA SDPA stays (cuDNN's
+        # kernel; the alternative is unmeasured there).
         self.attention = "eager" if compile and not self.on_cuda else None
         self.max_length = max_length
         self.cache = (None if cache == "uncached" or compile
@@ -150,13 +151,12 @@ class Decoder:
         self.uncached = cache == "uncached"
         self.length = 0
         self.tokens: torch.Tensor | None = None
-        self.guards_checked = False
 
     def __enter__(self) -> Decoder:
-        """Decode inside `with decoder:` so that the attention this path needs is set for the run and restored after."""
+        """Decode inside `with decoder:`: the attention the compiled CPU steps switch to is the prior's own again
+        after the run, however it ends. The switch is on the prior's config, so one prior must not decode in two
+        threads at once with compile=True on a CPU."""
         self.restore = self.prior.config._attn_implementation
-        if self.attention is not None and self.attention != self.restore:
-            self.prior.set_attn_implementation(self.attention)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -185,11 +185,8 @@ class Decoder:
         if self.compiled is not None:
             if self.on_cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            # The first step of a call checks dynamo's guards (~0.5 ms on a CPU: one per parameter, cache tensor
-            # and setting). Every later step passes the same prior, cache, choice and shapes, so they are skipped.
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=self.guards_checked):
-                nxt = self.compiled(token, positions, self.cache, choose, keys)
-            self.guards_checked = True
+            if self.attention is not None and self.prior.config._attn_implementation != self.attention:
+                self.prior.set_attn_implementation(self.attention)  # after the prefill, which keeps SDPA's memory use
             # cloned: a CUDA graph's output is overwritten by its next replay, and this one is the next step's input
-            return nxt.clone()
+            return self.compiled(token, positions, self.cache, choose, keys).clone()
         return next_tokens(self.prior, token, positions, self.cache, choose, keys, position)

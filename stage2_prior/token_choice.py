@@ -12,16 +12,17 @@ from .randomness import uniforms
 
 
 def blocked_cumsum(x: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """Cumulative sum along the last dim of `b v`, as sums within blocks of `block` plus the running total of the
-    blocks before. Torch 2.11's CUDA inductor fails to generate the split scan it picks for one long row
-    (16,384 codes at batch 64); scans of <= 128 elements are not split. All paths, eager and compiled, use this
-    one summation order, so they give the same cumulative sums."""
+    """Cumulative sum along the last dim of `b v`: sums within blocks of `block`, plus the running total of the
+    blocks before (itself summed this way, so no scan is longer than `block`). Torch 2.11's CUDA inductor fails
+    to generate the split scan it picks for one long row (16,384 codes at batch 64); a scan of 128 is not split.
+    Sums may step down by rounding at a block boundary (a CPU cumsum adds in float64 before rounding); `draw`
+    is exact regardless."""
     v = x.shape[-1]
+    if v <= block:
+        return x.cumsum(-1)
     blocks = torch.nn.functional.pad(x, (0, -v % block)).unflatten(-1, (-1, block))  # b n block
     within = blocks.cumsum(-1)
-    # b n: the running total before each block, shifted rather than subtracted so that the last sum of a block and
-    # the total carried into the next are the same float: the result never decreases, as the draw's count needs
-    before = torch.nn.functional.pad(within[..., -1].cumsum(-1)[..., :-1], (1, 0))
+    before = torch.nn.functional.pad(blocked_cumsum(within[..., -1], block)[..., :-1], (1, 0))  # b n
     return (within + before[..., None]).flatten(-2)[..., :v]
 
 
@@ -46,14 +47,17 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
 
 def draw(logits: torch.Tensor, keys: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
     """One token per row of `b v` logits by inverse-CDF sampling with the counter-based uniforms of
-    `keys` (`b` int64) at `position`: no random-number call, nothing drawn on the CPU."""
+    `keys` (`b` int64) at `position`: no random-number call, nothing drawn on the CPU. A row with no finite
+    logit, or with NaN or +inf (an overflowing temperature or guidance scale), draws token 0: checking would
+    cost a device-to-host sync every step."""
     probs = logits.float().softmax(-1)
     cdf = blocked_cumsum(probs)
     threshold = uniforms(keys, position)[:, None] * cdf[:, -1:]
-    # The first token whose CDF passes the threshold (`searchsorted(right=True)`), as fusable reductions. Tokens of
-    # zero probability are excluded: where rounding makes the CDF step up by an ulp at one of them, it must not be
-    # drawn. If rounding puts the threshold at the total itself (u within 2**-24 of 1), the draw is the last token
-    # of positive probability.
+    # The first token whose CDF passes the threshold (`searchsorted(right=True)` where the CDF never decreases), as
+    # fusable reductions, among tokens of positive probability: each token then owns the interval from the highest
+    # CDF before it to its own, so rounding at a block boundary can neither draw a zero-probability token nor
+    # skip one that has probability. If rounding puts the threshold at the total itself (u within 2**-24 of 1),
+    # the draw is the last token of positive probability.
     possible = probs > 0
     passed = (cdf > threshold) & possible
     index = torch.arange(probs.shape[-1], device=probs.device)

@@ -9,7 +9,7 @@ import torch
 
 import stage2_prior.randomness as randomness
 from stage2_prior import TokenizerSpec, build_prior, sample_codes
-from stage2_prior.token_choice import draw, filter_logits
+from stage2_prior.token_choice import blocked_cumsum, draw, filter_logits
 
 SPEC = TokenizerSpec("t", codebook_size=32, grid_shape=(3, 3), image_size=12, image_channels=1,
                      class_names=["a", "b", "c"])
@@ -70,7 +70,7 @@ def _chi2_critical(dof: int, z: float = 3.09) -> float:
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 4, None), (1.3, None, 0.8),
                                                        (1.0, 5, 0.9)])
-def test_draws_follow_the_exact_filtered_probabilities(temperature, top_k, top_p):
+def test_draws_follow_the_exact_filtered_probabilities(temperature, top_k, top_p):  # one block of the CDF
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0]])
     filtered = filter_logits(logits, temperature, top_k, top_p)
     probs = filtered.softmax(-1)[0].double()
@@ -83,6 +83,28 @@ def test_draws_follow_the_exact_filtered_probabilities(temperature, top_k, top_p
     expected = n * probs[kept]
     chi2 = ((counts[kept] - expected) ** 2 / expected).sum().item()
     assert chi2 < _chi2_critical(int(kept.sum()) - 1), (counts, expected)
+
+
+@pytest.mark.parametrize("v", [1, 5, 127, 128, 129, 300, 16384, 16385 + 128 * 128])
+def test_the_blocked_cumsum_is_the_cumsum(v):
+    x = torch.rand(3, v, generator=torch.Generator().manual_seed(v))
+    assert torch.allclose(blocked_cumsum(x).double(), x.double().cumsum(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_draws_over_several_cdf_blocks_follow_the_probabilities_and_skip_impossible_tokens():
+    # 300 tokens: three blocks of the CDF, with filtered-out tokens on both sides of each boundary
+    v = 300
+    logits = torch.linspace(1.5, -1.5, v)[None]
+    impossible = torch.tensor([0, 126, 127, 128, 129, 255, 256, 257, 299])
+    logits[0, impossible] = float("-inf")
+    probs = logits.softmax(-1)[0].double()
+    n = 200_000
+    keys = randomness.sample_keys(n, torch.Generator().manual_seed(11))
+    counts = torch.bincount(draw(logits.expand(n, -1), keys, position=3), minlength=v).double()
+    assert counts[impossible].sum() == 0
+    # grouped into 10 bins of 30 tokens, so every bin expects thousands of draws
+    observed, expected = counts.view(10, 30).sum(1), (n * probs).view(10, 30).sum(1)
+    assert ((observed - expected) ** 2 / expected).sum().item() < _chi2_critical(9), (observed, expected)
 
 
 def test_uniforms_are_uniform_and_independent_across_positions():
@@ -130,15 +152,21 @@ def test_the_compiled_static_path_gives_the_same_codes():
 
 
 def test_the_attention_setting_is_restored_when_decoding_fails(monkeypatch):
-    from stage2_prior.decoding import Decoder
+    from stage2_prior.decoding import CompiledStep
 
     prior = tiny_prior()
     attention = prior.config._attn_implementation
-    monkeypatch.setattr(Decoder, "prefill", lambda self, tokens: pytest.fail("unreachable") if
-                        prior.config._attn_implementation != "eager" else (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):  # the compiled CPU path had switched to eager attention, then was stopped
+    seen = []
+
+    def interrupted(self, *args):
+        seen.append(prior.config._attn_implementation)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CompiledStep, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
         sample_codes(prior, 2, cache_implementation="static", compile=True)
-    assert prior.config._attn_implementation == attention != "eager"
+    assert seen == ["eager"]  # the compiled CPU step ran with the fusable attention...
+    assert prior.config._attn_implementation == attention != "eager"  # ...and the prior's own is back
 
 
 @pytest.mark.slow
