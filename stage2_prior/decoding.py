@@ -185,8 +185,9 @@ class Decoder:
         if self.compiled is not None:
             if self.on_cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            if self.attention is not None and self.prior.config._attn_implementation != self.attention:
-                self.prior.set_attn_implementation(self.attention)  # after the prefill, which keeps SDPA's memory use
+            if self.attention is not None:  # after the prefill, which keeps SDPA's memory use; once a run
+                self.prior.set_attn_implementation(self.attention)
+                self.attention = None
             # cloned: a CUDA graph's output is overwritten by its next replay, and this one is the next step's input
             return self.compiled(token, positions, self.cache, choose, keys).clone()
         return next_tokens(self.prior, token, positions, self.cache, choose, keys, position)
