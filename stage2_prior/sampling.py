@@ -76,8 +76,8 @@ def sample_codes(
     compiled static path when the prior is on CUDA (8-10x `generate` on an H200; the first call for a
     batch size compiles, ~15-25 s) and the eager preallocated path elsewhere (compiling pays on a CPU
     only over long runs: 1.5x `generate` after 5-25 s of compilation). On CUDA in bfloat16 the compiled path
-    did not repeat its codes from call to call (float32 does; cause not found): pass compile=False there. `use_cache=False` recomputes the whole prefix
-    every step (only for measuring what the cache saves).
+    did not repeat its codes from call to call (float32 does; cause not found): pass compile=False there.
+    `use_cache=False` recomputes the whole prefix every step (only for measuring what the cache saves).
     """
     spec = prior_spec(prior)
     vocab = spec.vocabulary
