@@ -39,8 +39,9 @@ class CompiledStep:
     The prior's forward pass and the choice of the next tokens are compiled as one graph when inductor can: the
     sampling ops (guidance, top-k, the counter-based draw) are ~35 small kernels per token that would otherwise
     run eagerly between two graph replays (on an H200 at batch 1, 2.2x faster than compiling the forward pass
-    alone). Where that graph fails to compile for a batch size (torch 2.11's CUDA inductor did at batch 64), that
-    batch size falls back to the compiled forward pass with the choice made eagerly, with a warning. The counter
+    alone). Where that graph fails to compile for a batch size (torch 2.11's CUDA inductor did at batch 64 until
+    the CDF was summed in blocks), that batch size falls back to the compiled forward pass with the choice made
+    eagerly, with a warning. The counter
     of the draw is the position tensor, so no step recompiles.
     """
 
@@ -143,6 +144,7 @@ class Decoder:
         # prefill keeps SDPA (the plain form would hold every score of the prompt). On CUDA SDPA stays (cuDNN's
         # kernel; the alternative is unmeasured there).
         self.attention = "eager" if compile and not self.on_cuda else None
+        self.restore = prior.config._attn_implementation  # what `with decoder:` gives back
         self.max_length = max_length
         self.cache = (None if cache == "uncached" or compile
                       else StaticCache(config=prior.config, max_cache_len=max_length) if cache == "static"
@@ -156,7 +158,6 @@ class Decoder:
         """Decode inside `with decoder:`: the attention the compiled CPU steps switch to is the prior's own again
         after the run, however it ends. The switch is on the prior's config, so one prior must not decode in two
         threads at once with compile=True on a CPU."""
-        self.restore = self.prior.config._attn_implementation
         return self
 
     def __exit__(self, *exc) -> None:

@@ -35,10 +35,10 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = blocked_cumsum(sorted_logits.softmax(-1))
+        sorted_probs = sorted_logits.softmax(-1)
         # drop a token when the tokens before it already reach top_p; the first is always kept, also where top_p
         # rounds to 0 in float32
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted = (blocked_cumsum(sorted_probs) - sorted_probs) >= top_p
         drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
