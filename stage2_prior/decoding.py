@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer
 
+from . import onednn_matmuls
 from .token_choice import TokenChoice
 
 CacheImplementation = Literal["preallocated", "static", "dynamic", "uncached"]
@@ -41,13 +42,17 @@ class CompiledStep:
     run eagerly between two graph replays (on an H200 at batch 1, 2.2x faster than compiling the forward pass
     alone). Where that graph fails to compile for a batch size (torch 2.11's CUDA inductor did at batch 64 until
     the CDF was summed in blocks), that batch size falls back to the compiled forward pass with the choice made
-    eagerly, with a warning. The counter
-    of the draw is the position tensor, so no step recompiles.
+    eagerly, with a warning. The counter of the draw is the position tensor, so no step recompiles. On a CPU the
+    matrix products run on oneDNN with packed weights (`onednn_matmuls`).
     """
 
     def __init__(self, prior: PreTrainedModel, mode: str | None) -> None:
-        self.forward = torch.compile(prior, dynamic=False, fullgraph=False, mode=mode)
-        self.fused = torch.compile(functools.partial(next_tokens, prior), dynamic=False, fullgraph=False, mode=mode)
+        on_cpu = next(prior.parameters()).device.type == "cpu"
+        options = ({"post_grad_custom_post_pass": onednn_matmuls.OneDNNMatmuls()}
+                   if on_cpu and onednn_matmuls.available() else None)  # mode is None on a CPU
+        self.forward = torch.compile(prior, dynamic=False, fullgraph=False, mode=mode, options=options)
+        self.fused = torch.compile(functools.partial(next_tokens, prior), dynamic=False, fullgraph=False, mode=mode,
+                                   options=options)
         self.unfusable: set[int] = set()  # batch sizes whose fused graph failed to compile
 
     def __call__(self, token: torch.Tensor, positions: torch.Tensor, cache: StaticCache, choose: TokenChoice,
@@ -156,11 +161,16 @@ class Decoder:
 
     def __enter__(self) -> Decoder:
         """Decode inside `with decoder:`: the attention the compiled CPU steps switch to is the prior's own again
-        after the run, however it ends. The switch is on the prior's config, so one prior must not decode in two
-        threads at once with compile=True on a CPU."""
+        after the run, however it ends, and the weights they packed are dropped. The switch is on the prior's
+        config, so one prior must not decode in two threads at once with compile=True on a CPU."""
+        self.packing = onednn_matmuls.packing_scope() if self.compiled is not None and not self.on_cuda else None
+        if self.packing is not None:
+            self.packing.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.packing is not None:
+            self.packing.__exit__(*exc)
         if self.prior.config._attn_implementation != self.restore:
             self.prior.set_attn_implementation(self.restore)
 

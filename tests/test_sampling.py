@@ -134,7 +134,21 @@ def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_compiled_static_path_gives_the_same_codes():
+def test_the_compiled_static_path_gives_the_same_codes(monkeypatch):
+    import contextlib
+
+    from stage2_prior import onednn_matmuls
+
+    runs = []
+
+    @contextlib.contextmanager
+    def recorded_scope():
+        with real_scope():
+            runs.append(onednn_matmuls._PACKS.get())
+            yield
+
+    real_scope = onednn_matmuls.packing_scope
+    monkeypatch.setattr(onednn_matmuls, "packing_scope", recorded_scope)
     prior = tiny_prior()
     attention = prior.config._attn_implementation
     common = dict(class_labels=[0, 1, 2, 0], guidance_scale=2.0, top_k=20, top_p=0.9)
@@ -147,6 +161,8 @@ def test_the_compiled_static_path_gives_the_same_codes():
     other = sample_codes(prior, 4, generator=torch.Generator().manual_seed(2), cache_implementation="static",
                          compile=True, **common)
     assert not torch.equal(other, compiled)  # a new seed is not served stale codes
+    # each run packed every weight matrix (2 layers x 4, and the output layer) for its own steps only
+    assert [len(packs) for packs in runs] == [9, 9, 9] and onednn_matmuls._PACKS.get() is None
     # the CPU step attends in the fusable matmul form for the run only: the prior's own setting is given back
     assert prior.config._attn_implementation == attention
 
@@ -182,3 +198,63 @@ def test_a_step_that_fails_to_compile_falls_back_to_the_compiled_forward_pass(mo
         compiled = sample_codes(prior, 3, generator=torch.Generator().manual_seed(5), cache_implementation="static",
                                 compile=True, **common)
     assert torch.equal(eager, compiled) and step.unfusable == {3}
+
+
+def onednn_cases():
+    torch.manual_seed(0)
+    x = torch.randn(5, 12)
+    for stored_in_out in (True, False):
+        weight = torch.randn(12, 7) if stored_in_out else torch.randn(7, 12)
+        for bias in (None, torch.randn(7)):
+            yield x, weight, bias, stored_in_out
+
+
+def test_the_onednn_product_is_addmm_within_rounding_and_packs_live_for_one_run_only():
+    from stage2_prior import onednn_matmuls
+
+    for x, weight, bias, stored_in_out in onednn_cases():
+        reference = torch.nn.functional.linear(x, weight.t() if stored_in_out else weight, bias)
+        torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out), reference)
+        with onednn_matmuls.packing_scope():
+            packs = onednn_matmuls._PACKS.get()
+            first = onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out)
+            assert len(packs) == 1
+            torch.testing.assert_close(first, reference)
+            assert torch.equal(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out), first)  # the pack, reused
+            assert len(packs) == 1
+            weight.mul_(2)  # a weight written in place mid-run is packed afresh, never served from the old pack
+            torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
+                                       torch.nn.functional.linear(x, weight.t() if stored_in_out else weight, bias))
+        assert onednn_matmuls._PACKS.get() is None
+
+
+def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
+    from transformers.pytorch_utils import Conv1D
+
+    from stage2_prior import onednn_matmuls
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1d, self.linear = Conv1D(8, 6), torch.nn.Linear(8, 10, bias=False)  # weights `k n` and `n k`
+
+        def forward(self, x, activations):
+            # a product of two activations has no weight to pack: left to inductor
+            return self.linear(self.conv1d(x)), activations @ activations.t()
+
+    seen = []
+
+    class Recording(onednn_matmuls.OneDNNMatmuls):
+        def __call__(self, graph):
+            super().__call__(graph)
+            seen.extend(node.target for node in graph.nodes if node.op == "call_function")
+
+    torch.manual_seed(0)
+    step, args = Step().eval(), (torch.randn(4, 6), torch.randn(3, 5))
+    compiled = torch.compile(step, fullgraph=True, options={"post_grad_custom_post_pass": Recording(),
+                                                            "fx_graph_cache": False})
+    with torch.no_grad(), onednn_matmuls.packing_scope():
+        for routed, reference in zip(compiled(*args), step(*args)):
+            torch.testing.assert_close(routed, reference)
+    assert seen.count(torch.ops.vqgen.onednn_linear.default) == 2
+    assert torch.ops.aten.addmm.default not in seen and seen.count(torch.ops.aten.mm.default) == 1
