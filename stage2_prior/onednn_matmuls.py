@@ -1,14 +1,19 @@
-"""The compiled CPU decoding step's matrix products on oneDNN, each weight packed once per decoding run.
+"""The compiled CPU decoding step's matrix products on oneDNN, with packed weights.
 
 A decoding step multiplies one row per sample by every weight matrix of the prior. At those shapes (64 rows
 at batch 64) MKL's sgemm behind `addmm` ran at 90-115 GFLOP/s on a 2-core Xeon, and oneDNN with the weight
-reordered into its blocked layout at 155-188 (`benchmarks/sampling_speed.py --matmuls`). Inductor packs
+reordered into its blocked layout at 150-188 (`benchmarks/sampling_speed.py --matmuls`). Inductor packs
 weights itself only when it freezes them into constants (stale once the prior trains on), and in float32 it
 then packs for MKL, which gained nothing here. So the compiled CPU step gets a graph pass that sends each
-matrix product whose right operand is a graph input (a parameter, as stored or transposed) through
-`vqgen::onednn_linear`. Inside `packing_scope()` its kernel packs a weight on first use and reuses the pack
-for the rest of the run; the packs are dropped when the scope closes, so a prior that trains between runs is
-never multiplied by an old copy of itself. Outside a scope it calls oneDNN on the weight as stored.
+matrix product whose right operand is a parameter (as stored or transposed) through `vqgen::onednn_linear`.
+
+Packing a weight costs about what 25 steps gain from it (the MNIST prior: ~20 ms), so packs are kept between
+runs, beside a copy of the weight they were made from. Inside a decoding run (`packing_scope()`) each pack is
+checked against its weight once, exactly (`torch.equal`, which also sees writes through `.data` that leave the
+version counter alone), and against the weight's storage and version counter at every use; a weight that
+changed is packed afresh. So a prior that trains between runs is never multiplied by an old copy of itself.
+The cost is memory: two extra copies of the weight matrices, freed with the prior. Outside a run the kernel
+calls oneDNN on the weight as stored.
 
 The products are the same sums as `addmm`'s, in oneDNN's order: results agree to float32 rounding (~1e-6).
 """
@@ -18,31 +23,61 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch.utils.weak import WeakIdKeyDictionary
 
 aten = torch.ops.aten
 
-# (data_ptr, version, stored_in_out, rows) -> packed weight, for the decoding run in progress (None: no run)
-_PACKS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("vqgen_onednn_packs", default=None)
-
 _LIBRARY = torch.library.Library("vqgen", "DEF")
 _LIBRARY.define("onednn_linear(Tensor x, Tensor weight, Tensor? bias, bool stored_in_out) -> Tensor")
+
+_LINEAR = torch.ops.mkldnn._linear_pointwise.default
+_PACK = torch.ops.mkldnn._reorder_linear_weight.default
+
+
+@dataclass
+class Pack:
+    """A weight in oneDNN's blocked layout, with what it was made from."""
+
+    source: torch.Tensor  # a copy of the weight as it was packed
+    packed: torch.Tensor
+    data_ptr: int
+    version: int
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, stored_in_out: bool, rows: int) -> Pack:
+        source = weight.detach().clone()
+        oriented = (source.t() if stored_in_out else source).contiguous()  # oneDNN's orientation is `n k`
+        return cls(source, _PACK(oriented, rows), weight.data_ptr(), weight._version)
+
+    def unchanged(self, weight: torch.Tensor) -> bool:
+        return weight.data_ptr() == self.data_ptr and weight._version == self.version
+
+
+# weight -> {(stored_in_out, rows): Pack}; an entry dies with its weight
+_PACKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# the packs checked against their weights in the decoding run in progress (None: no run)
+_CHECKED: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("vqgen_onednn_checked", default=None)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stored_in_out: bool) -> torch.Tensor:
     """`m k` rows times a weight stored `n k` (nn.Linear) or `k n` (GPT-2's Conv1D, `stored_in_out`), plus `n`
     bias -> `m n`."""
-    oriented = weight.t() if stored_in_out else weight  # n k: oneDNN's orientation
-    packs = _PACKS.get()
-    if packs is not None:
-        # the version counter moves with every in-place write, so a weight changed mid-run gets a new pack
-        key = (weight.data_ptr(), weight._version, stored_in_out, x.shape[0])
-        if key not in packs:
-            packs[key] = torch.ops.mkldnn._reorder_linear_weight(oriented.contiguous(), x.shape[0])
-        oriented = packs[key]
-    return torch.ops.mkldnn._linear_pointwise(x, oriented, bias, "none", [], "")
+    checked = _CHECKED.get()
+    if checked is None:
+        return _LINEAR(x, weight.t() if stored_in_out else weight, bias, "none", [], "")
+    packs = _PACKS.get(weight)
+    if packs is None:
+        packs = _PACKS[weight] = {}
+    key = (stored_in_out, x.shape[0])
+    pack = packs.get(key)
+    if pack is None or not pack.unchanged(weight) or (id(pack) not in checked and not torch.equal(pack.source, weight)):
+        pack = packs[key] = Pack.of(weight, stored_in_out, x.shape[0])
+    checked.add(id(pack))
+    return _LINEAR(x, pack.packed, bias, "none", [], "")
 
 
 _LIBRARY.impl("onednn_linear", onednn_linear, "CPU")
@@ -59,12 +94,12 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def packing_scope() -> Iterator[None]:
-    """Weights packed inside this scope are reused until it closes, then dropped."""
-    token = _PACKS.set({})
+    """One decoding run: packs are used inside it, each checked against its weight on first use."""
+    token = _CHECKED.set(set())
     try:
         yield
     finally:
-        _PACKS.reset(token)
+        _CHECKED.reset(token)
 
 
 def parameter_inputs(graph: torch.fx.Graph) -> set[torch.fx.Node]:

@@ -118,7 +118,8 @@ def sample_codes(
     if guided:  # the unconditional twins run as the second half of the batch
         tokens = torch.cat([tokens, vocab.sequences(prompt, None)])
     choose = TokenChoice(k, temperature, top_k, top_p, guidance_scale)
-    decoder = Decoder(prior, max_length=1 + h * w, cache=cache_implementation if use_cache else "uncached",
+    # the prefix and every code but the last, which is drawn and never fed back
+    decoder = Decoder(prior, max_length=h * w, cache=cache_implementation if use_cache else "uncached",
                       compile=compile)
     codes = torch.empty(num_samples, h * w, dtype=torch.long, device=device)
     codes[:, : prompt.shape[1]] = prompt

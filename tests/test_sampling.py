@@ -134,35 +134,29 @@ def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_compiled_static_path_gives_the_same_codes(monkeypatch):
-    import contextlib
-
+def test_the_compiled_static_path_gives_the_same_codes():
     from stage2_prior import onednn_matmuls
 
-    runs = []
-
-    @contextlib.contextmanager
-    def recorded_scope():
-        with real_scope():
-            runs.append(onednn_matmuls._PACKS.get())
-            yield
-
-    real_scope = onednn_matmuls.packing_scope
-    monkeypatch.setattr(onednn_matmuls, "packing_scope", recorded_scope)
     prior = tiny_prior()
+
+    def packs():
+        return {id(pack) for weight in prior.parameters() for pack in onednn_matmuls._PACKS.get(weight, {}).values()}
+
     attention = prior.config._attn_implementation
     common = dict(class_labels=[0, 1, 2, 0], guidance_scale=2.0, top_k=20, top_p=0.9)
     eager = sample_codes(prior, 4, generator=torch.Generator().manual_seed(1), cache_implementation="static", **common)
-    # twice: the second call reuses the compiled step and the emptied cache of the first
+    # twice: the second call reuses the compiled step, the emptied cache and the packed weights of the first
+    packed = []
     for _ in range(2):
         compiled = sample_codes(prior, 4, generator=torch.Generator().manual_seed(1), cache_implementation="static",
                                 compile=True, **common)
         assert torch.equal(eager, compiled)
+        packed.append(packs())
     other = sample_codes(prior, 4, generator=torch.Generator().manual_seed(2), cache_implementation="static",
                          compile=True, **common)
     assert not torch.equal(other, compiled)  # a new seed is not served stale codes
-    # each run packed every weight matrix (2 layers x 4, and the output layer) for its own steps only
-    assert [len(packs) for packs in runs] == [9, 9, 9] and onednn_matmuls._PACKS.get() is None
+    # every weight matrix (2 layers x 4, and the output layer) was packed once, for the 8 rows of a guided batch
+    assert len(packed[0]) == 9 and packed[0] == packed[1] == packs()
     # the CPU step attends in the fusable matmul form for the run only: the prior's own setting is given back
     assert prior.config._attn_implementation == attention
 
@@ -204,28 +198,35 @@ def onednn_cases():
     torch.manual_seed(0)
     x = torch.randn(5, 12)
     for stored_in_out in (True, False):
-        weight = torch.randn(12, 7) if stored_in_out else torch.randn(7, 12)
         for bias in (None, torch.randn(7)):
-            yield x, weight, bias, stored_in_out
+            yield x, torch.randn(12, 7) if stored_in_out else torch.randn(7, 12), bias, stored_in_out
 
 
-def test_the_onednn_product_is_addmm_within_rounding_and_packs_live_for_one_run_only():
+def test_the_onednn_product_is_addmm_within_rounding_and_a_changed_weight_is_never_served_an_old_pack():
     from stage2_prior import onednn_matmuls
 
+    def reference(x, weight, bias, stored_in_out):
+        return torch.nn.functional.linear(x, weight.t() if stored_in_out else weight, bias)
+
     for x, weight, bias, stored_in_out in onednn_cases():
-        reference = torch.nn.functional.linear(x, weight.t() if stored_in_out else weight, bias)
-        torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out), reference)
+        torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
+                                   reference(x, weight, bias, stored_in_out))
+        assert weight not in onednn_matmuls._PACKS  # outside a run nothing is packed
         with onednn_matmuls.packing_scope():
-            packs = onednn_matmuls._PACKS.get()
             first = onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out)
-            assert len(packs) == 1
-            torch.testing.assert_close(first, reference)
-            assert torch.equal(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out), first)  # the pack, reused
-            assert len(packs) == 1
-            weight.mul_(2)  # a weight written in place mid-run is packed afresh, never served from the old pack
+            torch.testing.assert_close(first, reference(x, weight, bias, stored_in_out))
+            (pack,) = onednn_matmuls._PACKS[weight].values()
+        with onednn_matmuls.packing_scope():  # the next run reuses the pack of an unchanged weight
+            assert torch.equal(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out), first)
+            assert onednn_matmuls._PACKS[weight][(stored_in_out, 5)] is pack
+            weight.mul_(2)  # written in place mid-run: the version counter moves, the weight is packed afresh
             torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
-                                       torch.nn.functional.linear(x, weight.t() if stored_in_out else weight, bias))
-        assert onednn_matmuls._PACKS.get() is None
+                                       reference(x, weight, bias, stored_in_out))
+        weight.data.add_(1)  # through .data the version counter stays: the run's first use compares the values
+        with onednn_matmuls.packing_scope():
+            torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
+                                       reference(x, weight, bias, stored_in_out))
+        assert onednn_matmuls._CHECKED.get() is None
 
 
 def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
