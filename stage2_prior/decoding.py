@@ -161,8 +161,9 @@ class Decoder:
 
     def __enter__(self) -> Decoder:
         """Decode inside `with decoder:`: the attention the compiled CPU steps switch to is the prior's own again
-        after the run, however it ends, and the weights they packed are dropped. The switch is on the prior's
-        config, so one prior must not decode in two threads at once with compile=True on a CPU."""
+        after the run, however it ends; their packed weights are checked against the prior's once a run. The
+        switch is on the prior's config, so one prior must not decode in two threads at once with compile=True
+        on a CPU."""
         self.packing = onednn_matmuls.packing_scope() if self.compiled is not None and not self.on_cuda else None
         if self.packing is not None:
             self.packing.__enter__()

@@ -12,7 +12,7 @@ runs, beside a copy of the weight they were made from. Inside a decoding run (`p
 checked against its weight once, exactly (`torch.equal`, which also sees writes through `.data` that leave the
 version counter alone), and against the weight's storage and version counter at every use; a weight that
 changed is packed afresh. So a prior that trains between runs is never multiplied by an old copy of itself.
-The cost is memory: two extra copies of the weight matrices, freed with the prior. Outside a run the kernel
+The cost is memory: two extra copies of the weight matrices (one more per batch size), freed with the prior. Outside a run the kernel
 calls oneDNN on the weight as stored.
 
 The products are the same sums as `addmm`'s, in oneDNN's order: results agree to float32 rounding (~1e-6).
@@ -34,32 +34,47 @@ aten = torch.ops.aten
 _LIBRARY = torch.library.Library("vqgen", "DEF")
 _LIBRARY.define("onednn_linear(Tensor x, Tensor weight, Tensor? bias, bool stored_in_out) -> Tensor")
 
-_LINEAR = torch.ops.mkldnn._linear_pointwise.default
-_PACK = torch.ops.mkldnn._reorder_linear_weight.default
+try:
+    _LINEAR = torch.ops.mkldnn._linear_pointwise.default
+    _PACK = torch.ops.mkldnn._reorder_linear_weight.default
+except (AttributeError, RuntimeError):  # a torch built without oneDNN: `available()` is False, nothing is routed
+    _LINEAR = _PACK = None
 
 
 @dataclass
-class Pack:
-    """A weight in oneDNN's blocked layout, with what it was made from."""
+class PackedWeight:
+    """A parameter as it was last packed (a copy, and its storage and version), with its packs in oneDNN's blocked
+    layout: one per orientation and number of rows (a hint that picks the layout)."""
 
-    source: torch.Tensor  # a copy of the weight as it was packed
-    packed: torch.Tensor
+    source: torch.Tensor
     data_ptr: int
     version: int
+    packs: dict[tuple[bool, int], torch.Tensor]
 
     @classmethod
-    def of(cls, weight: torch.Tensor, stored_in_out: bool, rows: int) -> Pack:
-        source = weight.detach().clone()
-        oriented = (source.t() if stored_in_out else source).contiguous()  # oneDNN's orientation is `n k`
-        return cls(source, _PACK(oriented, rows), weight.data_ptr(), weight._version)
+    def of(cls, weight: torch.Tensor) -> PackedWeight:
+        return cls(weight.detach().clone(), weight.data_ptr(), weight._version, {})
 
-    def unchanged(self, weight: torch.Tensor) -> bool:
-        return weight.data_ptr() == self.data_ptr and weight._version == self.version
+    def matches(self, weight: torch.Tensor, checked: set[int]) -> bool:
+        """Still the weight's values: same storage and version at every use, and equal values at a run's first."""
+        if weight.data_ptr() != self.data_ptr or weight._version != self.version:
+            return False
+        if id(self) not in checked:
+            if not torch.equal(self.source, weight):
+                return False
+            checked.add(id(self))
+        return True
+
+    def packed(self, stored_in_out: bool, rows: int) -> torch.Tensor:
+        key = (stored_in_out, rows)
+        if key not in self.packs:  # oneDNN's orientation is `n k`
+            self.packs[key] = _PACK((self.source.t() if stored_in_out else self.source).contiguous(), rows)
+        return self.packs[key]
 
 
-# weight -> {(stored_in_out, rows): Pack}; an entry dies with its weight
-_PACKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
-# the packs checked against their weights in the decoding run in progress (None: no run)
+# parameter -> PackedWeight; an entry dies with its parameter
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# the entries checked against their parameters in the decoding run in progress (None: no run)
 _CHECKED: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("vqgen_onednn_checked", default=None)
 
 
@@ -69,15 +84,11 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     checked = _CHECKED.get()
     if checked is None:
         return _LINEAR(x, weight.t() if stored_in_out else weight, bias, "none", [], "")
-    packs = _PACKS.get(weight)
-    if packs is None:
-        packs = _PACKS[weight] = {}
-    key = (stored_in_out, x.shape[0])
-    pack = packs.get(key)
-    if pack is None or not pack.unchanged(weight) or (id(pack) not in checked and not torch.equal(pack.source, weight)):
-        pack = packs[key] = Pack.of(weight, stored_in_out, x.shape[0])
-    checked.add(id(pack))
-    return _LINEAR(x, pack.packed, bias, "none", [], "")
+    entry = _PACKED.get(weight)
+    if entry is None or not entry.matches(weight, checked):
+        entry = _PACKED[weight] = PackedWeight.of(weight)
+        checked.add(id(entry))
+    return _LINEAR(x, entry.packed(stored_in_out, x.shape[0]), bias, "none", [], "")
 
 
 _LIBRARY.impl("onednn_linear", onednn_linear, "CPU")
@@ -89,7 +100,7 @@ def _onednn_linear_shape(x, weight, bias, stored_in_out):
 
 
 def available() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    return _LINEAR is not None and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
 @contextlib.contextmanager

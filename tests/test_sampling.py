@@ -140,7 +140,8 @@ def test_the_compiled_static_path_gives_the_same_codes():
     prior = tiny_prior()
 
     def packs():
-        return {id(pack) for weight in prior.parameters() for pack in onednn_matmuls._PACKS.get(weight, {}).values()}
+        return {id(pack) for weight in prior.parameters() if weight in onednn_matmuls._PACKED
+                for pack in onednn_matmuls._PACKED[weight].packs.values()}
 
     attention = prior.config._attn_implementation
     common = dict(class_labels=[0, 1, 2, 0], guidance_scale=2.0, top_k=20, top_p=0.9)
@@ -211,14 +212,14 @@ def test_the_onednn_product_is_addmm_within_rounding_and_a_changed_weight_is_nev
     for x, weight, bias, stored_in_out in onednn_cases():
         torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
                                    reference(x, weight, bias, stored_in_out))
-        assert weight not in onednn_matmuls._PACKS  # outside a run nothing is packed
+        assert weight not in onednn_matmuls._PACKED  # outside a run nothing is packed
         with onednn_matmuls.packing_scope():
             first = onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out)
             torch.testing.assert_close(first, reference(x, weight, bias, stored_in_out))
-            (pack,) = onednn_matmuls._PACKS[weight].values()
+            (pack,) = onednn_matmuls._PACKED[weight].packs.values()
         with onednn_matmuls.packing_scope():  # the next run reuses the pack of an unchanged weight
             assert torch.equal(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out), first)
-            assert onednn_matmuls._PACKS[weight][(stored_in_out, 5)] is pack
+            assert onednn_matmuls._PACKED[weight].packs[(stored_in_out, 5)] is pack
             weight.mul_(2)  # written in place mid-run: the version counter moves, the weight is packed afresh
             torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
                                        reference(x, weight, bias, stored_in_out))
