@@ -134,10 +134,11 @@ def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_compiled_static_path_gives_the_same_codes():
+@pytest.mark.parametrize("architecture, weight_matrices", [("gpt2", 9), ("llama", 15)])
+def test_the_compiled_static_path_gives_the_same_codes(architecture, weight_matrices):
     from stage2_prior import onednn_matmuls
 
-    prior = tiny_prior()
+    prior = tiny_prior(architecture)
 
     def packs():
         return {id(pack) for weight in prior.parameters() if weight in onednn_matmuls._PACKED
@@ -156,8 +157,9 @@ def test_the_compiled_static_path_gives_the_same_codes():
     other = sample_codes(prior, 4, generator=torch.Generator().manual_seed(2), cache_implementation="static",
                          compile=True, **common)
     assert not torch.equal(other, compiled)  # a new seed is not served stale codes
-    # every weight matrix (2 layers x 4, and the output layer) was packed once, for the 8 rows of a guided batch
-    assert len(packed[0]) == 9 and packed[0] == packed[1] == packs()
+    # every weight matrix (2 layers x 4 in GPT-2, x 7 in Llama, and the output layer) was packed once, for the 8
+    # rows of a guided batch, and reused by the next run
+    assert len(packed[0]) == weight_matrices and packed[0] == packed[1] == packs()
     # the CPU step attends in the fusable matmul form for the run only: the prior's own setting is given back
     assert prior.config._attn_implementation == attention
 
