@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile_prior", choices=["auto", "yes", "no"], default="auto",
                    help="compile the prior's one-token step (auto: on CUDA only, where it is 8-10x faster; the first "
                         "batch compiles for ~15-25 s. On a CPU it is 2-2.5x faster after 5-65 s of compilation). "
-                        "Changes the speed, not the samples")
+                        "Changes the speed; the samples only where float rounding decides a draw")
     args = p.parse_args(argv)
     if args.num_samples <= 0:
         p.error(f"--num_samples must be positive, got {args.num_samples}")

@@ -164,16 +164,19 @@ class Decoder:
         after the run, however it ends; their packed weights are checked against the prior's once a run. The
         switch is on the prior's config, so one prior must not decode in two threads at once with compile=True
         on a CPU."""
-        self.packing = onednn_matmuls.packing_scope() if self.compiled is not None and not self.on_cuda else None
+        compiled_on_cpu = self.compiled is not None and not self.on_cuda
+        self.packing = onednn_matmuls.packing_scope(self.prior) if compiled_on_cpu else None
         if self.packing is not None:
             self.packing.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.packing is not None:
-            self.packing.__exit__(*exc)
-        if self.prior.config._attn_implementation != self.restore:
-            self.prior.set_attn_implementation(self.restore)
+        try:
+            if self.packing is not None:
+                self.packing.__exit__(*exc)
+        finally:
+            if self.prior.config._attn_implementation != self.restore:
+                self.prior.set_attn_implementation(self.restore)
 
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         self.length = tokens.shape[1]

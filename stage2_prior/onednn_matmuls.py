@@ -1,8 +1,8 @@
 """The compiled CPU decoding step's matrix products on oneDNN, with packed weights.
 
 A decoding step multiplies one row per sample by every weight matrix of the prior. At those shapes (64 rows
-at batch 64) MKL's sgemm behind `addmm` ran at 90-115 GFLOP/s on a 2-core Xeon, and oneDNN with the weight
-reordered into its blocked layout at 150-188 (`benchmarks/sampling_speed.py --matmuls`). Inductor packs
+at batch 64) MKL's sgemm behind `addmm` ran at 88-115 GFLOP/s on a 2-core Xeon, and oneDNN with the weight
+reordered into its blocked layout at 150-191 (`benchmarks/sampling_speed.py --matmuls`). Inductor packs
 weights itself only when it freezes them into constants (stale once the prior trains on), and in float32 it
 then packs for MKL, which gained nothing here. So the compiled CPU step gets a graph pass that sends each
 matrix product whose right operand is a parameter (as stored or transposed) through `vqgen::onednn_linear`.
@@ -12,10 +12,11 @@ runs, beside a copy of the weight they were made from. Inside a decoding run (`p
 checked against its weight once, exactly (`torch.equal`, which also sees writes through `.data` that leave the
 version counter alone), and against the weight's storage and version counter at every use; a weight that
 changed is packed afresh. So a prior that trains between runs is never multiplied by an old copy of itself.
-The cost is memory: two extra copies of the weight matrices (one more per batch size), freed with the prior. Outside a run the kernel
+The cost is memory: two extra copies of the weight matrices, freed with the prior. Outside a run the kernel
 calls oneDNN on the weight as stored.
 
-The products are the same sums as `addmm`'s, in oneDNN's order: results agree to float32 rounding (~1e-6).
+The products are the same sums as `addmm`'s, in oneDNN's order: results agree to float32 rounding (~1e-6), so
+a sampled code can differ only where a draw falls within rounding of a cut-off or CDF boundary.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ except (AttributeError, RuntimeError):  # a torch built without oneDNN: `availab
 
 @dataclass
 class PackedWeight:
-    """A parameter as it was last packed (a copy, and its storage and version), with its packs in oneDNN's blocked
-    layout: one per orientation and number of rows (a hint that picks the layout)."""
+    """A parameter as it was last packed (a copy, and its storage and version), with its pack in oneDNN's blocked
+    layout per orientation, made for the latest number of rows (a hint that picks the layout: a new batch size
+    repacks rather than keeping a pack per size)."""
 
     source: torch.Tensor
     data_ptr: int
     version: int
-    packs: dict[tuple[bool, int], torch.Tensor]
+    packs: dict[bool, tuple[int, torch.Tensor]]
 
     @classmethod
     def of(cls, weight: torch.Tensor) -> PackedWeight:
@@ -66,10 +68,10 @@ class PackedWeight:
         return True
 
     def packed(self, stored_in_out: bool, rows: int) -> torch.Tensor:
-        key = (stored_in_out, rows)
-        if key not in self.packs:  # oneDNN's orientation is `n k`
-            self.packs[key] = _PACK((self.source.t() if stored_in_out else self.source).contiguous(), rows)
-        return self.packs[key]
+        if self.packs.get(stored_in_out, (None,))[0] != rows:  # oneDNN's orientation is `n k`
+            oriented = (self.source.t() if stored_in_out else self.source).contiguous()
+            self.packs[stored_in_out] = (rows, _PACK(oriented, rows))
+        return self.packs[stored_in_out][1]
 
 
 # parameter -> PackedWeight; an entry dies with its parameter
@@ -82,7 +84,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """`m k` rows times a weight stored `n k` (nn.Linear) or `k n` (GPT-2's Conv1D, `stored_in_out`), plus `n`
     bias -> `m n`."""
     checked = _CHECKED.get()
-    if checked is None:
+    if checked is None or weight.is_inference():  # an inference tensor has no version counter to check a pack by
         return _LINEAR(x, weight.t() if stored_in_out else weight, bias, "none", [], "")
     entry = _PACKED.get(weight)
     if entry is None or not entry.matches(weight, checked):
@@ -104,8 +106,14 @@ def available() -> bool:
 
 
 @contextlib.contextmanager
-def packing_scope() -> Iterator[None]:
-    """One decoding run: packs are used inside it, each checked against its weight on first use."""
+def packing_scope(model: torch.nn.Module | None = None) -> Iterator[None]:
+    """One decoding run: packs are used inside it, each checked against its weight on first use. The packs of
+    `model`'s parameters that no longer match them (moved, converted, written) are dropped first."""
+    if model is not None:
+        for parameter in model.parameters():
+            entry = _PACKED.get(parameter)
+            if entry is not None and (entry.data_ptr != parameter.data_ptr() or entry.source.dtype != parameter.dtype):
+                del _PACKED[parameter]
     token = _CHECKED.set(set())
     try:
         yield
@@ -114,13 +122,15 @@ def packing_scope() -> Iterator[None]:
 
 
 def parameter_inputs(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    """The graph's inputs that are parameters (AOTAutograd's static inputs: the same tensors at every call). Other
-    inputs are new tensors at every step, which would be packed afresh each time. Empty where the compiler does not
-    say, and then nothing is routed."""
-    context = torch._guards.TracingContext.try_get()
-    static = getattr(getattr(context, "fw_metadata", None), "static_input_indices", None) or ()
+    """The graph's inputs that stay the same tensors, unchanged, from call to call: AOTAutograd's static inputs
+    (parameters, buffers, tensors at a static address such as the cache's) that the graph does not write to.
+    Other inputs are new tensors at every step, or changed by it, and would be packed afresh each time. Empty
+    where the compiler does not say, and then nothing is routed."""
+    metadata = getattr(torch._guards.TracingContext.try_get(), "fw_metadata", None)
+    static = getattr(metadata, "static_input_indices", None) or ()
+    info = getattr(metadata, "input_info", None) or ()
     inputs = [node for node in graph.nodes if node.op == "placeholder"]
-    return {inputs[i] for i in static if i < len(inputs)}
+    return {inputs[i] for i in static if i < len(inputs) and not (i < len(info) and info[i].mutates_data)}
 
 
 class OneDNNMatmuls(CustomGraphPass):
@@ -136,7 +146,7 @@ class OneDNNMatmuls(CustomGraphPass):
                 if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("beta", 1) != 1:
                     continue
                 bias, x, right = node.args
-                if bias.meta["val"].dim() != 1:
+                if bias.meta["val"].shape != node.meta["val"].shape[-1:]:  # one per output column, not broadcast
                     continue
             else:
                 bias, (x, right) = None, node.args

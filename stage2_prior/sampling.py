@@ -73,8 +73,9 @@ def sample_codes(
     the sequence, no per-step concatenation), "dynamic" (transformers' DynamicCache, the reference) or
     "static" (a StaticCache; `compile=True` compiles its one-token step together with the token choice,
     as CUDA graphs on a GPU, with oneDNN matrix products on packed weights on a CPU). All paths give the
-    same codes in float32: their logits agree to rounding, and the tests and the MNIST-size benchmark gave
-    equal codes. The default (both None) is the compiled static path when the prior is on CUDA (8-10x
+    same codes in float32 up to rounding: their logits agree to ~1e-6, so a code can differ only where a draw
+    falls within rounding of a top-k/top-p cut-off or a CDF boundary (the tests and the MNIST-size benchmark
+    gave equal codes). The default (both None) is the compiled static path when the prior is on CUDA (8-10x
     `generate` on an H200; the first call for a batch size compiles, ~15-25 s) and the eager preallocated
     path elsewhere: on a 2-core CPU the compiled path makes 2.0x `generate`'s tokens/s with the MNIST prior
     and 2.5x at the 256-pixel size, after 5-65 s of compilation, so it pays over long runs. On CUDA in

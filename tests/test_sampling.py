@@ -133,16 +133,15 @@ def test_bad_arguments_are_refused_before_any_work(bad, monkeypatch):
         sample_codes(prior, 2, compile=1)  # an int is not a decision to compile
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("architecture, weight_matrices", [("gpt2", 9), ("llama", 15)])
+@pytest.mark.parametrize("architecture, weight_matrices", [("gpt2", 9), pytest.param("llama", 15, marks=pytest.mark.slow)])
 def test_the_compiled_static_path_gives_the_same_codes(architecture, weight_matrices):
     from stage2_prior import onednn_matmuls
 
     prior = tiny_prior(architecture)
 
     def packs():
-        return {id(pack) for weight in prior.parameters() if weight in onednn_matmuls._PACKED
-                for pack in onednn_matmuls._PACKED[weight].packs.values()}
+        return {(rows, id(pack)) for weight in prior.parameters() if weight in onednn_matmuls._PACKED
+                for rows, pack in onednn_matmuls._PACKED[weight].packs.values()}
 
     attention = prior.config._attn_implementation
     common = dict(class_labels=[0, 1, 2, 0], guidance_scale=2.0, top_k=20, top_p=0.9)
@@ -160,6 +159,7 @@ def test_the_compiled_static_path_gives_the_same_codes(architecture, weight_matr
     # every weight matrix (2 layers x 4 in GPT-2, x 7 in Llama, and the output layer) was packed once, for the 8
     # rows of a guided batch, and reused by the next run
     assert len(packed[0]) == weight_matrices and packed[0] == packed[1] == packs()
+    assert {rows for rows, _ in packed[0]} == {8}
     # the CPU step attends in the fusable matmul form for the run only: the prior's own setting is given back
     assert prior.config._attn_implementation == attention
 
@@ -218,10 +218,11 @@ def test_the_onednn_product_is_addmm_within_rounding_and_a_changed_weight_is_nev
         with onednn_matmuls.packing_scope():
             first = onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out)
             torch.testing.assert_close(first, reference(x, weight, bias, stored_in_out))
-            (pack,) = onednn_matmuls._PACKED[weight].packs.values()
+            ((rows, pack),) = onednn_matmuls._PACKED[weight].packs.values()
+            assert rows == 5
         with onednn_matmuls.packing_scope():  # the next run reuses the pack of an unchanged weight
             assert torch.equal(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out), first)
-            assert onednn_matmuls._PACKED[weight].packs[(stored_in_out, 5)] is pack
+            assert onednn_matmuls._PACKED[weight].packs[stored_in_out][1] is pack
             weight.mul_(2)  # written in place mid-run: the version counter moves, the weight is packed afresh
             torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
                                        reference(x, weight, bias, stored_in_out))
@@ -230,6 +231,11 @@ def test_the_onednn_product_is_addmm_within_rounding_and_a_changed_weight_is_nev
             torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, bias, stored_in_out),
                                        reference(x, weight, bias, stored_in_out))
         assert onednn_matmuls._CHECKED.get() is None
+    with torch.inference_mode():  # an inference tensor has no version counter: multiplied as stored, never packed
+        weight = torch.randn(7, 12)
+    with onednn_matmuls.packing_scope():
+        torch.testing.assert_close(onednn_matmuls.onednn_linear(x, weight, None, False), reference(x, weight, None, False))
+    assert weight not in onednn_matmuls._PACKED
 
 
 def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
@@ -241,10 +247,13 @@ def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
         def __init__(self):
             super().__init__()
             self.conv1d, self.linear = Conv1D(8, 6), torch.nn.Linear(8, 10, bias=False)  # weights `k n` and `n k`
+            self.biased = torch.nn.Linear(10, 3)  # addmm on a transposed weight
+            self.square, self.shift = torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(1))
 
         def forward(self, x, activations):
-            # a product of two activations has no weight to pack: left to inductor
-            return self.linear(self.conv1d(x)), activations @ activations.t()
+            out = self.biased(self.linear(self.conv1d(x)))
+            # a bias that broadcasts, and a product of two activations: left to inductor
+            return torch.addmm(self.shift, out, self.square), activations @ activations.t()
 
     seen = []
 
@@ -260,5 +269,5 @@ def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
     with torch.no_grad(), onednn_matmuls.packing_scope():
         for routed, reference in zip(compiled(*args), step(*args)):
             torch.testing.assert_close(routed, reference)
-    assert seen.count(torch.ops.vqgen.onednn_linear.default) == 2
-    assert torch.ops.aten.addmm.default not in seen and seen.count(torch.ops.aten.mm.default) == 1
+    assert seen.count(torch.ops.vqgen.onednn_linear.default) == 3
+    assert seen.count(torch.ops.aten.addmm.default) == 1 and seen.count(torch.ops.aten.mm.default) == 1
