@@ -189,20 +189,21 @@ def matmul_rates(prior: torch.nn.Module, rows: int, repeats: int) -> dict:
     inputs = [torch.randn(rows, w.shape[0] if in_out else w.shape[1]) for w, _, in_out in layers]
     flops = sum(2 * x.numel() * (w.shape[1] if in_out else w.shape[0]) for x, (w, _, in_out) in zip(inputs, layers))
 
-    def mkl():
+    def mkl():  # F.linear on a transposed `k n` weight is Conv1D's addmm(b, x, w)
         for x, (w, b, in_out) in zip(inputs, layers):
-            torch.addmm(b, x, w) if in_out and b is not None else torch.nn.functional.linear(x, w.t() if in_out else w, b)
+            torch.nn.functional.linear(x, w.t() if in_out else w, b)
 
     def onednn():
         for x, (w, b, in_out) in zip(inputs, layers):
             onednn_matmuls.onednn_linear(x, w, b, in_out)
 
-    routes = {"MKL addmm (eager, and inductor's default)": mkl, "oneDNN": onednn, "oneDNN, packed weights": onednn}
+    routes = {"MKL addmm (eager, and inductor's default)": (mkl, False), "oneDNN": (onednn, False),
+              "oneDNN, packed weights": (onednn, True)}
     times: dict[str, list[float]] = {name: [] for name in routes}
     for _ in range(repeats + 1):  # the first round warms up
-        for name, run in routes.items():
-            with onednn_matmuls.packing_scope() if name.endswith("packed weights") else contextlib.nullcontext():
-                if name.endswith("packed weights"):
+        for name, (run, packed) in routes.items():
+            with onednn_matmuls.packing_scope() if packed else contextlib.nullcontext():
+                if packed:
                     run()  # packs, as a decoding run's first step does
                 start = time.perf_counter()
                 run()

@@ -11,6 +11,7 @@ Four paths give the same logits (and so, with the counter-based draws, the same 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from typing import Literal
@@ -164,19 +165,18 @@ class Decoder:
         after the run, however it ends; their packed weights are checked against the prior's once a run. The
         switch is on the prior's config, so one prior must not decode in two threads at once with compile=True
         on a CPU."""
-        compiled_on_cpu = self.compiled is not None and not self.on_cuda
-        self.packing = onednn_matmuls.packing_scope(self.prior) if compiled_on_cpu else None
-        if self.packing is not None:
-            self.packing.__enter__()
+        self.exits = contextlib.ExitStack()
+        self.exits.callback(self.restore_attention)  # runs last, whatever the packing scope does on its way out
+        if self.compiled is not None and not self.on_cuda:
+            self.exits.enter_context(onednn_matmuls.packing_scope(self.prior))
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            if self.packing is not None:
-                self.packing.__exit__(*exc)
-        finally:
-            if self.prior.config._attn_implementation != self.restore:
-                self.prior.set_attn_implementation(self.restore)
+        self.exits.__exit__(*exc)
+
+    def restore_attention(self) -> None:
+        if self.prior.config._attn_implementation != self.restore:
+            self.prior.set_attn_implementation(self.restore)
 
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         self.length = tokens.shape[1]

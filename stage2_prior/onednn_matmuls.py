@@ -112,7 +112,7 @@ def packing_scope(model: torch.nn.Module | None = None) -> Iterator[None]:
     if model is not None:
         for parameter in model.parameters():
             entry = _PACKED.get(parameter)
-            if entry is not None and (entry.data_ptr != parameter.data_ptr() or entry.source.dtype != parameter.dtype):
+            if entry is not None and entry.data_ptr != parameter.data_ptr():  # `.to()` gives new storage
                 del _PACKED[parameter]
     token = _CHECKED.set(set())
     try:
