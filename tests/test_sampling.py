@@ -164,6 +164,26 @@ def test_the_compiled_static_path_gives_the_same_codes(architecture, weight_matr
     assert prior.config._attn_implementation == attention
 
 
+def test_two_priors_of_the_same_shapes_never_share_a_compiled_step(recwarn):
+    # the step is not guarded on the prior's module structure: each prior must compile its own, and count its own
+    # recompiles (dynamo's limit, here 1, would otherwise silently turn the second prior's step eager)
+    priors = [build_prior(SPEC, SPEC.class_names, num_layers=1, hidden_size=32, num_heads=2).eval() for _ in "ab"]
+    with torch.no_grad():  # weights far from their init, so that the activation moves the codes
+        for weight in priors[0].parameters():
+            weight.normal_(0, 1 if weight.ndim > 1 else 0.1)
+    priors[1].load_state_dict(priors[0].state_dict())
+    priors[1].transformer.h[0].mlp.act = torch.nn.ReLU()  # the same weights and shapes, another activation
+    common = dict(class_labels=[0, 1, 2], top_k=20)
+    eager = [sample_codes(prior, 3, generator=torch.Generator().manual_seed(3), **common) for prior in priors]
+    assert not torch.equal(*eager)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for prior, codes in zip(priors, eager):
+            compiled = sample_codes(prior, 3, generator=torch.Generator().manual_seed(3), cache_implementation="static",
+                                    compile=True, **common)
+            assert torch.equal(compiled, codes)
+    assert not [warning for warning in recwarn if issubclass(warning.category, RuntimeWarning)]
+
+
 def test_the_attention_setting_is_restored_when_decoding_fails(monkeypatch):
     from stage2_prior.decoding import CompiledStep
 
@@ -271,3 +291,39 @@ def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
             torch.testing.assert_close(routed, reference)
     assert seen.count(torch.ops.vqgen.onednn_linear.default) == 3
     assert seen.count(torch.ops.aten.addmm.default) == 1 and seen.count(torch.ops.aten.mm.default) == 1
+
+
+def test_the_graph_pass_fuses_the_activation_after_a_product_where_nothing_else_reads_the_product():
+    from transformers.activations import NewGELUActivation
+
+    from stage2_prior import onednn_matmuls
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.gate, self.kept = (torch.nn.Linear(6, 8) for _ in range(3))
+            self.gelu_new = NewGELUActivation()  # GPT-2's formula: eight ops, fused by what they compute
+
+        def forward(self, x):
+            kept = self.kept(x)  # read again after its activation: fusing would lose the pre-activation value
+            return self.gelu_new(self.up(x)) * torch.nn.functional.silu(self.gate(x)), torch.relu(kept) + kept
+
+    fused = []
+
+    class Recording(onednn_matmuls.OneDNNMatmuls):
+        def __call__(self, graph):
+            super().__call__(graph)
+            fused.extend(tuple(node.args[4:]) for node in graph.nodes
+                         if node.target is torch.ops.vqgen.onednn_linear.default)
+            fused.extend(node.target for node in graph.nodes if node.op == "call_function")
+
+    torch.manual_seed(0)
+    block, x = Block().eval(), torch.randn(4, 6)
+    compiled = torch.compile(block, fullgraph=True, options={"post_grad_custom_post_pass": Recording(),
+                                                             "fx_graph_cache": False})
+    with torch.no_grad(), onednn_matmuls.packing_scope():
+        for routed, reference in zip(compiled(x), block(x)):
+            torch.testing.assert_close(routed, reference)
+    assert sorted(args for args in fused if isinstance(args, tuple)) == [(), ("gelu", "tanh"), ("swish", "")]
+    assert torch.ops.aten.tanh.default not in fused and torch.ops.aten.sigmoid.default not in fused
+    assert torch.ops.aten.relu.default in fused
