@@ -250,6 +250,20 @@ def test_sampling_script_resumes_without_redoing_shards(tmp_path, saved_pipeline
         sample_main([*args[:-2], "--out", str(tmp_path / "s"), "--temperature", "0.5"])
 
 
+def test_the_sampling_script_compiles_the_prior_on_a_cpu_for_a_long_job_whatever_the_process_count():
+    from pipelines.sample import CPU_COMPILE_MIN_BATCHES, compile_prior, parse_args
+
+    def decision(num_samples, *flags, device="cpu"):
+        args = parse_args(["--model", "m", "--out", "o", "--batch_size", "4", "--num_samples", str(num_samples), *flags])
+        return compile_prior(args, torch.device(device))
+
+    long_job = 4 * CPU_COMPILE_MIN_BATCHES
+    assert decision(long_job) is True and decision(long_job - 4) is None  # None: sample_codes' default (eager on CPU)
+    assert decision(long_job - 3) is True  # a last, partial batch counts
+    assert decision(long_job, device="cuda") is None  # sample_codes compiles on CUDA by itself
+    assert decision(long_job, "--compile_prior", "no") is False and decision(1, "--compile_prior", "yes") is True
+
+
 def test_two_processes_sample_the_same_set_as_one(tmp_path, saved_pipeline):
     common = ["--model", str(saved_pipeline), "--num_samples", "9", "--batch_size", "2", "--class_labels", "4", "--seed", "2"]
     sample_main([*common, "--out", str(tmp_path / "one")])
