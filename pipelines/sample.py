@@ -41,8 +41,9 @@ from .seeds import sample_seed
 
 MANIFEST = "manifest.json"
 SAMPLES, ADM_SAMPLES = "samples.npz", "samples_adm.npz"
-# On a CPU the compiled step draws 2-2.5x the tokens/s of the eager one after 5-65 s of compilation: from this many
-# batches in a job it has paid for itself at the MNIST size (~0.35 s saved a batch of 64) and far sooner above it
+# On a CPU the compiled step draws 1.6-1.9x the tokens/s of the eager one, after 5-70 s of compilation. At the MNIST
+# size it saves ~0.34 s a batch of 64, so this many batches repay a compilation with inductor's cache warm; at the
+# 256-pixel size one batch saves ~20 s
 CPU_COMPILE_MIN_BATCHES = 32
 
 
@@ -68,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile_prior", choices=["auto", "yes", "no"], default="auto",
                    help="compile the prior's one-token step (auto: on CUDA, where it is 8-10x faster after ~15-25 s of "
                         f"compilation, and on a CPU for jobs of {CPU_COMPILE_MIN_BATCHES}+ batches, where it is "
-                        "2-2.5x faster after 5-65 s). Changes the speed; the samples only where float rounding decides "
+                        "1.6-1.9x faster after 5-70 s). Changes the speed; the samples only where float rounding decides "
                         "a draw")
     args = p.parse_args(argv)
     if args.num_samples <= 0:
