@@ -51,8 +51,9 @@ def step_guards(entries: list) -> list[bool]:
     and on tensors, parameters included (a prior moved or converted recompiles), and the modules' `training`
     flags and attention setting, the attributes that sampling code switches. Not seen once a prior has compiled
     its step: hooks registered on it, its config or module attributes edited in place, transformers' functions
-    patched (`torch._dynamo.reset()` starts afresh). The module guards are not what tells two priors apart:
-    dynamo serves a compiled step only to the `torch.compile` call that made it (its backend is guarded)."""
+    patched (`torch._dynamo.reset()` starts afresh). Nor is anything left to tell two priors of the same shapes
+    apart: each prior's step is compiled in isolation (`isolate_recompiles`), and dynamo serves an isolated
+    compilation only to the `torch.compile` call that made it."""
     return [entry.guard_type in STATE_GUARDS
             or not (entry.is_global or entry.orig_guard.source.is_unspecialized_nn_module())
             or entry.name.endswith(".training") or "_attn_implementation" in entry.name for entry in entries]
@@ -78,8 +79,10 @@ class CompiledStep:
             options = {"guard_filter_fn": step_guards}
             if onednn_matmuls.available():
                 options["post_grad_custom_post_pass"] = onednn_matmuls.OneDNNMatmuls()
-        # a copy each: torch.compile takes the guard filter out of the dict it is given. Isolated: dynamo's limit of
-        # 8 recompiles (then eager, silently) counts per prior, not across every prior sampled in the process
+        # a copy each: torch.compile takes the guard filter out of the dict it is given. Isolated: what keeps another
+        # prior from being served this one's step under `step_guards`, and dynamo's limit of 8 recompiles (then
+        # eager, silently) counts per prior, not across every prior sampled in the process (its cap of 256
+        # compilations of one function in a process still holds)
         self.forward = torch.compile(prior, dynamic=False, fullgraph=False, mode=mode, options=options and {**options},
                                      isolate_recompiles=True)
         self.fused = torch.compile(functools.partial(next_tokens, prior), dynamic=False, fullgraph=False, mode=mode,

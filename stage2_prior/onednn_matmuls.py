@@ -162,7 +162,12 @@ def activation_after(graph: torch.fx.Graph, product: torch.fx.Node) -> tuple[str
     the product's shape, and the first node equal to an activation of the probe ends the chain, if the product
     and every node before it feed only the chain."""
     start = output_of(product)
-    probe = 3 * torch.randn(start.meta["val"].shape, generator=torch.Generator().manual_seed(0))
+    shape = start.meta["val"].shape
+    if not all(isinstance(size, int) for size in shape):
+        return None
+    # normal values, and a few far out, so that an op equal to an activation only near 0 (a clamp) is not taken
+    probe = 3 * torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=start.meta["val"].dtype)
+    probe.view(-1)[:4] = torch.tensor([50.0, -50.0, 1e3, -1e3])[: probe.numel()]
     expected = {key: function(probe) for key, function in ACTIVATIONS.items()}
     values = {start: probe}
     nodes = list(graph.nodes)
@@ -171,10 +176,14 @@ def activation_after(graph: torch.fx.Graph, product: torch.fx.Node) -> tuple[str
                 or torch.Tag.pointwise not in node.target.tags
                 or not node.all_input_nodes or any(arg not in values for arg in node.all_input_nodes)):
             continue
-        values[node] = node.target(*torch.fx.node.map_arg(node.args, values.get),
-                                   **torch.fx.node.map_arg(node.kwargs, values.get))
+        try:
+            values[node] = node.target(*torch.fx.node.map_arg(node.args, values.get),
+                                       **torch.fx.node.map_arg(node.kwargs, values.get))
+        except Exception:  # noqa: BLE001 - an op the probe cannot run (any reason) ends the search: nothing is fused
+            return None
         for (name, algorithm), value in expected.items():
-            if values[node].shape == value.shape and torch.allclose(values[node], value, rtol=1e-5, atol=1e-6):
+            if (isinstance(values[node], torch.Tensor) and values[node].dtype == value.dtype
+                    and values[node].shape == value.shape and torch.allclose(values[node], value, rtol=1e-5, atol=1e-6)):
                 chain = {product, *values}
                 if all(set(member.users) <= chain for member in chain if member is not node):
                     return name, algorithm, [member for member in values if member is not start]

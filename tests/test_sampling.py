@@ -184,6 +184,26 @@ def test_two_priors_of_the_same_shapes_never_share_a_compiled_step(recwarn):
     assert not [warning for warning in recwarn if issubclass(warning.category, RuntimeWarning)]
 
 
+def test_the_compiled_step_follows_the_prior_into_training_mode():
+    # the step keeps its guards on the modules' `training` flags: a step traced in eval mode (no dropout) must not
+    # serve a prior in train mode
+    from torch._dynamo.utils import counters
+
+    prior = build_prior(SPEC, SPEC.class_names, num_layers=1, hidden_size=32, num_heads=2, dropout=0.5).eval()
+
+    def graphs_compiled_by_sampling():
+        before = counters["stats"]["unique_graphs"]
+        sample_codes(prior, 3, class_labels=[0, 1, 2], cache_implementation="static", compile=True)
+        return counters["stats"]["unique_graphs"] - before
+
+    graphs_compiled_by_sampling()
+    assert graphs_compiled_by_sampling() == 0  # the counter counts: an unchanged prior reuses its step
+    prior.train()
+    assert graphs_compiled_by_sampling() > 0
+    prior.eval()
+    assert graphs_compiled_by_sampling() == 0
+
+
 def test_the_attention_setting_is_restored_when_decoding_fails(monkeypatch):
     from stage2_prior.decoding import CompiledStep
 
@@ -301,12 +321,14 @@ def test_the_graph_pass_fuses_the_activation_after_a_product_where_nothing_else_
     class Block(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.up, self.gate, self.kept = (torch.nn.Linear(6, 8) for _ in range(3))
+            self.up, self.gate, self.kept, self.leaky = (torch.nn.Linear(6, 8) for _ in range(4))
             self.gelu_new = NewGELUActivation()  # GPT-2's formula: eight ops, fused by what they compute
 
         def forward(self, x):
             kept = self.kept(x)  # read again after its activation: fusing would lose the pre-activation value
-            return self.gelu_new(self.up(x)) * torch.nn.functional.silu(self.gate(x)), torch.relu(kept) + kept
+            # not an activation oneDNN is given: a comparison (a boolean tensor) on the way, nothing fused
+            leaky = torch.nn.functional.leaky_relu(self.leaky(x), 0.1)
+            return self.gelu_new(self.up(x)) * torch.nn.functional.silu(self.gate(x)), torch.relu(kept) + kept, leaky
 
     fused = []
 
@@ -318,12 +340,12 @@ def test_the_graph_pass_fuses_the_activation_after_a_product_where_nothing_else_
             fused.extend(node.target for node in graph.nodes if node.op == "call_function")
 
     torch.manual_seed(0)
-    block, x = Block().eval(), torch.randn(4, 6)
+    block, x = Block().eval(), torch.randn(4, 1, 6)  # `b t c`, as a decoding step's hidden states
     compiled = torch.compile(block, fullgraph=True, options={"post_grad_custom_post_pass": Recording(),
                                                              "fx_graph_cache": False})
     with torch.no_grad(), onednn_matmuls.packing_scope():
         for routed, reference in zip(compiled(x), block(x)):
             torch.testing.assert_close(routed, reference)
-    assert sorted(args for args in fused if isinstance(args, tuple)) == [(), ("gelu", "tanh"), ("swish", "")]
-    assert torch.ops.aten.tanh.default not in fused and torch.ops.aten.sigmoid.default not in fused
+    assert sorted(args for args in fused if isinstance(args, tuple)) == [(), (), ("gelu", "tanh"), ("swish", "")]
+    assert torch.ops.aten.tanh.default not in fused and torch.ops.aten.silu.default not in fused
     assert torch.ops.aten.relu.default in fused
