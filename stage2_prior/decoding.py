@@ -74,19 +74,21 @@ class CompiledStep:
 
     def __init__(self, prior: PreTrainedModel, mode: str | None) -> None:
         on_cpu = next(prior.parameters()).device.type == "cpu"
-        options = None  # mode is None on a CPU; torch.compile takes a mode or options, not both
-        if on_cpu:
-            options = {"guard_filter_fn": step_guards}
-            if onednn_matmuls.available():
-                options["post_grad_custom_post_pass"] = onednn_matmuls.OneDNNMatmuls()
-        # a copy each: torch.compile takes the guard filter out of the dict it is given. Isolated: what keeps another
-        # prior from being served this one's step under `step_guards`, and dynamo's limit of 8 recompiles (then
-        # eager, silently) counts per prior, not across every prior sampled in the process (its cap of 256
-        # compilations of one function in a process still holds)
-        self.forward = torch.compile(prior, dynamic=False, fullgraph=False, mode=mode, options=options and {**options},
-                                     isolate_recompiles=True)
-        self.fused = torch.compile(functools.partial(next_tokens, prior), dynamic=False, fullgraph=False, mode=mode,
-                                   options=options and {**options}, isolate_recompiles=True)
+
+        def compiled(function):
+            options = None  # mode is None on a CPU; torch.compile takes a mode or options, not both
+            if on_cpu:  # a dict per call: torch.compile takes the guard filter out of the one it is given
+                options = {"guard_filter_fn": step_guards}
+                if onednn_matmuls.available():
+                    options["post_grad_custom_post_pass"] = onednn_matmuls.OneDNNMatmuls()
+            # isolated: what keeps another prior from being served this one's step under `step_guards`, and
+            # dynamo's limit of 8 recompiles (then eager, silently) counts per prior, not across every prior
+            # sampled in the process (its cap of 256 compilations of one function in a process still holds)
+            return torch.compile(function, dynamic=False, fullgraph=False, mode=mode, options=options,
+                                 isolate_recompiles=True)
+
+        self.forward = compiled(prior)
+        self.fused = compiled(functools.partial(next_tokens, prior))
         self.unfusable: set[int] = set()  # batch sizes whose fused graph failed to compile
 
     def __call__(self, token: torch.Tensor, positions: torch.Tensor, cache: StaticCache, choose: TokenChoice,

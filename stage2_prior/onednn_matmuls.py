@@ -152,10 +152,10 @@ def output_of(product: torch.fx.Node) -> torch.fx.Node:
     return users[0] if len(users) == 1 and users[0].target in (aten.reshape.default, aten.view.default) else product
 
 
-def activation_after(graph: torch.fx.Graph, product: torch.fx.Node) -> tuple[str, str, list[torch.fx.Node]] | None:
+def activation_after(product: torch.fx.Node) -> tuple[str, str, list[torch.fx.Node]] | None:
     """The pointwise nodes after `product` that compute one of `ACTIVATIONS` of it and nothing else -> (oneDNN's
-    name for the activation, its algorithm, the nodes in graph order, the last giving the activation); None if
-    there are none.
+    name for the activation, its algorithm, the nodes in graph order from `output_of(product)` to the one giving
+    the activation); None if there are none.
 
     The nodes are recognised by what they compute, not by their ops: a formula like GPT-2's `gelu_new` reaches
     this pass as eight ops (mul, pow, add, tanh...) in the order its author wrote them. They are run on a probe of
@@ -170,8 +170,8 @@ def activation_after(graph: torch.fx.Graph, product: torch.fx.Node) -> tuple[str
     probe.view(-1)[:4] = torch.tensor([50.0, -50.0, 1e3, -1e3])[: probe.numel()]
     expected = {key: function(probe) for key, function in ACTIVATIONS.items()}
     values = {start: probe}
-    nodes = list(graph.nodes)
-    for node in nodes[nodes.index(start) + 1 :]:
+    node = start
+    while (node := node.next).op != "root":  # the graph's nodes after `start`, in order
         if (node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload)
                 or torch.Tag.pointwise not in node.target.tags
                 or not node.all_input_nodes or any(arg not in values for arg in node.all_input_nodes)):
@@ -186,22 +186,22 @@ def activation_after(graph: torch.fx.Graph, product: torch.fx.Node) -> tuple[str
                     and values[node].shape == value.shape and torch.allclose(values[node], value, rtol=1e-5, atol=1e-6)):
                 chain = {product, *values}
                 if all(set(member.users) <= chain for member in chain if member is not node):
-                    return name, algorithm, [member for member in values if member is not start]
+                    return name, algorithm, list(values)
                 return None
     return None
 
 
-def fuse_activation(graph: torch.fx.Graph, product: torch.fx.Node) -> None:
+def fuse_activation(product: torch.fx.Node) -> None:
     """Compute the activation that follows `product` (a `vqgen::onednn_linear` node) inside it, and drop the nodes
     that computed it separately."""
-    found = activation_after(graph, product)
+    found = activation_after(product)
     if found is None:
         return
-    name, algorithm, chain = found
+    name, algorithm, (output, *separate) = found
     product.args = (*product.args[:4], name, algorithm)
-    chain[-1].replace_all_uses_with(output_of(product))
-    for node in reversed(chain):
-        graph.erase_node(node)
+    separate[-1].replace_all_uses_with(output)
+    for node in reversed(separate):
+        product.graph.erase_node(node)
 
 
 class OneDNNMatmuls(CustomGraphPass):
@@ -235,7 +235,7 @@ class OneDNNMatmuls(CustomGraphPass):
             routed.meta.update(node.meta)
             node.replace_all_uses_with(routed)
             graph.erase_node(node)
-            fuse_activation(graph, routed)
+            fuse_activation(routed)
 
     def uuid(self) -> bytes:
         return get_hash_for_files((__file__,))

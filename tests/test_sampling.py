@@ -278,10 +278,28 @@ def test_the_onednn_product_is_addmm_within_rounding_and_a_changed_weight_is_nev
     assert weight not in onednn_matmuls._PACKED
 
 
+def graph_after_the_pass(module: torch.nn.Module, *args) -> list[torch.fx.Node]:
+    """Compile `module` with the oneDNN pass, check its outputs against eager, and return the nodes the pass left
+    (as calls: the ops inductor is then given)."""
+    from stage2_prior import onednn_matmuls
+
+    nodes = []
+
+    class Recording(onednn_matmuls.OneDNNMatmuls):
+        def __call__(self, graph):
+            super().__call__(graph)
+            nodes.extend(node for node in graph.nodes if node.op == "call_function")
+
+    compiled = torch.compile(module, fullgraph=True, options={"post_grad_custom_post_pass": Recording(),
+                                                              "fx_graph_cache": False})
+    with torch.no_grad(), onednn_matmuls.packing_scope():
+        for routed, reference in zip(compiled(*args), module(*args)):
+            torch.testing.assert_close(routed, reference)
+    return nodes
+
+
 def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
     from transformers.pytorch_utils import Conv1D
-
-    from stage2_prior import onednn_matmuls
 
     class Step(torch.nn.Module):
         def __init__(self):
@@ -295,28 +313,14 @@ def test_the_graph_pass_routes_products_with_a_parameter_to_onednn():
             # a bias that broadcasts, and a product of two activations: left to inductor
             return torch.addmm(self.shift, out, self.square), activations @ activations.t()
 
-    seen = []
-
-    class Recording(onednn_matmuls.OneDNNMatmuls):
-        def __call__(self, graph):
-            super().__call__(graph)
-            seen.extend(node.target for node in graph.nodes if node.op == "call_function")
-
     torch.manual_seed(0)
-    step, args = Step().eval(), (torch.randn(4, 6), torch.randn(3, 5))
-    compiled = torch.compile(step, fullgraph=True, options={"post_grad_custom_post_pass": Recording(),
-                                                            "fx_graph_cache": False})
-    with torch.no_grad(), onednn_matmuls.packing_scope():
-        for routed, reference in zip(compiled(*args), step(*args)):
-            torch.testing.assert_close(routed, reference)
+    seen = [node.target for node in graph_after_the_pass(Step().eval(), torch.randn(4, 6), torch.randn(3, 5))]
     assert seen.count(torch.ops.vqgen.onednn_linear.default) == 3
     assert seen.count(torch.ops.aten.addmm.default) == 1 and seen.count(torch.ops.aten.mm.default) == 1
 
 
 def test_the_graph_pass_fuses_the_activation_after_a_product_where_nothing_else_reads_the_product():
     from transformers.activations import NewGELUActivation
-
-    from stage2_prior import onednn_matmuls
 
     class Block(torch.nn.Module):
         def __init__(self):
@@ -330,22 +334,10 @@ def test_the_graph_pass_fuses_the_activation_after_a_product_where_nothing_else_
             leaky = torch.nn.functional.leaky_relu(self.leaky(x), 0.1)
             return self.gelu_new(self.up(x)) * torch.nn.functional.silu(self.gate(x)), torch.relu(kept) + kept, leaky
 
-    fused = []
-
-    class Recording(onednn_matmuls.OneDNNMatmuls):
-        def __call__(self, graph):
-            super().__call__(graph)
-            fused.extend(tuple(node.args[4:]) for node in graph.nodes
-                         if node.target is torch.ops.vqgen.onednn_linear.default)
-            fused.extend(node.target for node in graph.nodes if node.op == "call_function")
-
     torch.manual_seed(0)
-    block, x = Block().eval(), torch.randn(4, 1, 6)  # `b t c`, as a decoding step's hidden states
-    compiled = torch.compile(block, fullgraph=True, options={"post_grad_custom_post_pass": Recording(),
-                                                             "fx_graph_cache": False})
-    with torch.no_grad(), onednn_matmuls.packing_scope():
-        for routed, reference in zip(compiled(x), block(x)):
-            torch.testing.assert_close(routed, reference)
-    assert sorted(args for args in fused if isinstance(args, tuple)) == [(), (), ("gelu", "tanh"), ("swish", "")]
-    assert torch.ops.aten.tanh.default not in fused and torch.ops.aten.silu.default not in fused
-    assert torch.ops.aten.relu.default in fused
+    nodes = graph_after_the_pass(Block().eval(), torch.randn(4, 1, 6))  # `b t c`, as a decoding step's hidden states
+    fused = [tuple(node.args[4:]) for node in nodes if node.target is torch.ops.vqgen.onednn_linear.default]
+    assert sorted(fused) == [(), (), ("gelu", "tanh"), ("swish", "")]
+    seen = [node.target for node in nodes]
+    assert torch.ops.aten.tanh.default not in seen and torch.ops.aten.silu.default not in seen
+    assert torch.ops.aten.relu.default in seen
