@@ -5,7 +5,9 @@ Four paths give the same logits (and so, with the counter-based draws, the same 
 - "preallocated": the same attention over the filled positions only, written into buffers sized for
   the whole sequence instead of concatenated (the fastest eager path);
 - "static": a `StaticCache` sized for the whole sequence, so every step has the same shapes, which
-  is what lets `torch.compile` (and CUDA graphs, under mode="reduce-overhead") trace it once;
+  is what lets `torch.compile` (and CUDA graphs, under mode="reduce-overhead") trace it once; the compiled
+  CPU step uses a `WindowedStaticCache`, whose attention reads the filled positions only, through one
+  graph whose window length is symbolic;
 - "uncached": the whole sequence recomputed each step, only to measure what a cache saves.
 """
 
@@ -18,7 +20,7 @@ from typing import Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, StaticCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from . import onednn_matmuls
 from .token_choice import TokenChoice
@@ -68,7 +70,8 @@ class CompiledStep:
     alone). Where that graph fails to compile for a batch size (torch 2.11's CUDA inductor did at batch 64 until
     the CDF was summed in blocks), that batch size falls back to the compiled forward pass with the choice made
     eagerly, with a warning. The counter of the draw is the position tensor, so no step recompiles. On a CPU the
-    matrix products run on oneDNN with packed weights (`onednn_matmuls`), and the step checks only the guards of
+    matrix products run on oneDNN with packed weights (`onednn_matmuls`), attention reads the filled positions
+    only (`WindowedStaticCache`, one graph for every position), and the step checks only the guards of
     `step_guards`.
     """
 
@@ -113,19 +116,61 @@ def compiled_step(prior: PreTrainedModel, mode: str | None = None) -> CompiledSt
     return per_prior[mode]
 
 
-def reusable_static_cache(prior: PreTrainedModel, batch: int, max_length: int) -> StaticCache:
-    """The prior's `StaticCache` for this shape, emptied for reuse: a compiled step (and its CUDA graph) is recorded
-    against the cache's tensors, so a fresh cache per call would mean fresh recordings. One is kept at a time: each
-    holds every layer's keys and values for the whole batch."""
+def reusable_static_cache(prior: PreTrainedModel, batch: int, max_length: int, windowed: bool) -> StaticCache:
+    """The prior's static cache for this shape (a `WindowedStaticCache` if `windowed`), emptied for reuse: a compiled
+    step (and its CUDA graph) is recorded against the cache's tensors, so a fresh cache per call would mean fresh
+    recordings. One is kept at a time: each holds every layer's keys and values for the whole batch."""
     parameter = next(prior.parameters())
-    key = (batch, max_length, parameter.dtype, parameter.device)
+    key = (batch, max_length, parameter.dtype, parameter.device, windowed)
     kept = prior.__dict__.get("_vqgen_static_cache")
     if kept is not None and kept[0] == key:
         kept[1].reset()
         return kept[1]
-    cache = StaticCache(config=prior.config, max_cache_len=max_length)
+    cache = (WindowedStaticCache if windowed else StaticCache)(config=prior.config, max_cache_len=max_length)
     prior.__dict__["_vqgen_static_cache"] = (key, cache)
     return cache
+
+
+class WindowedLayer(StaticLayer):
+    """A static layer that hands attention the first `len(window)` positions of its buffers, not all of them.
+
+    With the whole buffer, every step of a compiled static cache reads every position's keys and values, filled or
+    not. Where the cache is most of what a step reads, that is most of the step: on a 2-core CPU, attending over the
+    filled positions made the 256-pixel prior's compiled step 1.2x faster at batch 64 (256 codes, 12 layers x 768;
+    no change at the MNIST prior's 49 codes). The window is the length of a tensor marked dynamic, so one graph serves
+    every position. The buffers hold one spare position: a window as long as the buffer would be the buffer itself,
+    which the compiler traces as another layout (another graph)."""
+
+    def __init__(self, max_cache_len: int, **kwargs) -> None:
+        super().__init__(max_cache_len + 1, **kwargs)
+        self.window = torch.empty(max_cache_len, dtype=torch.uint8)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        length = self.window.shape[0]
+        return keys[:, :, :length], values[:, :, :length]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.window.shape[0], 0
+
+
+class WindowedStaticCache(StaticCache):
+    """`StaticCache` semantics over `WindowedLayer`s (full-attention models only): `attend_to(n)` before a forward
+    pass whose last position is n - 1."""
+
+    def __init__(self, config, max_cache_len: int) -> None:
+        super().__init__(config=config, max_cache_len=max_cache_len)
+        if any(type(layer) is not StaticLayer for layer in self.layers):
+            raise ValueError("a windowed cache needs a model whose every layer attends to the full sequence")
+        self.layers = [WindowedLayer(max_cache_len) for _ in self.layers]
+        self.max_length = max_cache_len
+
+    def attend_to(self, length: int) -> None:
+        window = torch.empty(length, dtype=torch.uint8)
+        if 2 <= length <= self.max_length and self.max_length > 2:  # the steps' windows: 2 to the whole sequence
+            torch._dynamo.mark_dynamic(window, 0, min=2, max=self.max_length)
+        for layer in self.layers:
+            layer.window = window
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -218,8 +263,10 @@ class Decoder:
         if self.uncached:
             self.tokens = tokens
             return self.prior(input_ids=tokens, use_cache=False).logits[:, -1]
-        if self.compiled is not None:
-            self.cache = reusable_static_cache(self.prior, tokens.shape[0], self.max_length)
+        if self.compiled is not None:  # the CPU step reads the filled positions only; a CUDA graph needs fixed shapes
+            self.cache = reusable_static_cache(self.prior, tokens.shape[0], self.max_length, windowed=not self.on_cuda)
+        if isinstance(self.cache, WindowedStaticCache):
+            self.cache.attend_to(self.length)
         positions = torch.arange(self.length, device=tokens.device)[None]
         return self.prior(input_ids=tokens, cache=self.cache, use_cache=True, position_ids=positions).logits[:, -1]
 
@@ -232,6 +279,8 @@ class Decoder:
             self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
             return choose(self.prior(input_ids=self.tokens, use_cache=False).logits[:, -1], keys, position)
         positions = torch.full((1, 1), position, dtype=torch.long, device=token.device)
+        if isinstance(self.cache, WindowedStaticCache):
+            self.cache.attend_to(position + 1)
         if self.compiled is not None:
             if self.on_cuda:
                 torch.compiler.cudagraph_mark_step_begin()

@@ -72,9 +72,9 @@ def sample_codes(
     Decoding: `cache_implementation="preallocated"` (transformers' cache API over buffers sized for
     the sequence, no per-step concatenation), "dynamic" (transformers' DynamicCache, the reference) or
     "static" (a StaticCache; `compile=True` compiles its one-token step together with the token choice,
-    as CUDA graphs on a GPU, with oneDNN matrix products on packed weights on a CPU). All paths give the
-    same codes in float32 up to rounding: their logits agree to ~1e-6, so a code can differ only where a draw
-    falls within rounding of a top-k/top-p cut-off or a CDF boundary (the tests and the MNIST-size benchmark
+    as CUDA graphs on a GPU; on a CPU with oneDNN matrix products on packed weights, attending over the
+    filled positions only). All paths give the same codes in float32 up to rounding: their logits agree
+    to ~1e-6, so a code can differ only where a draw falls within rounding of a top-k/top-p cut-off or a CDF boundary (the tests and the MNIST-size benchmark
     gave equal codes). The default (both None) is the compiled static path when the prior is on CUDA (8-10x
     `generate` on an H200; the first call for a batch size compiles, ~15-25 s) and the eager preallocated
     path elsewhere: on a 2-core CPU the compiled path makes 1.8-2.2x `generate`'s tokens/s with the MNIST

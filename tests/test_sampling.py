@@ -164,6 +164,29 @@ def test_the_compiled_static_path_gives_the_same_codes(architecture, weight_matr
     assert prior.config._attn_implementation == attention
 
 
+def test_the_compiled_cpu_step_reads_only_the_filled_positions_through_one_graph(monkeypatch):
+    from torch._dynamo.utils import counters
+
+    from transformers.cache_utils import StaticLayer
+
+    from stage2_prior.decoding import WindowedLayer
+
+    def poisoned(self, key_states, value_states):  # NaN wherever nothing was written: reading it poisons the logits
+        StaticLayer.lazy_initialization(self, key_states, value_states)
+        self.keys.fill_(float("nan"))
+        self.values.fill_(float("nan"))
+
+    prior = tiny_prior()
+    common = dict(class_labels=[0, 1, 2, 0], top_k=20, generator=torch.Generator().manual_seed(6))
+    eager = sample_codes(prior, 4, cache_implementation="static", **common)
+    monkeypatch.setattr(WindowedLayer, "lazy_initialization", poisoned)
+    before = counters["stats"]["unique_graphs"]
+    common["generator"].manual_seed(6)
+    compiled = sample_codes(prior, 4, cache_implementation="static", compile=True, **common)
+    assert torch.equal(compiled, eager)
+    assert counters["stats"]["unique_graphs"] - before == 1  # the 8 steps' windows, 2 to 9 positions: one graph
+
+
 def test_two_priors_of_the_same_shapes_never_share_a_compiled_step(recwarn):
     # the step is not guarded on the prior's module structure: each prior must compile its own, and count its own
     # recompiles (dynamo's limit, here 1, would otherwise silently turn the second prior's step eager)
