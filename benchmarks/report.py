@@ -10,11 +10,23 @@ from pathlib import Path
 import torch
 
 
+def cpu_name() -> str:
+    """The processor's model name where Linux gives it (`platform.processor()` there is only "x86_64"): CPU figures
+    from different sessions may come from different hosts."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def header(name: str) -> dict:
     return {
         "benchmark": name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     }

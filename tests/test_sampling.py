@@ -171,20 +171,29 @@ def test_the_compiled_cpu_step_reads_only_the_filled_positions_through_one_graph
 
     from stage2_prior.decoding import WindowedLayer
 
-    def poisoned(self, key_states, value_states):  # NaN wherever nothing was written: reading it poisons the logits
-        StaticLayer.lazy_initialization(self, key_states, value_states)
-        self.keys.fill_(float("nan"))
-        self.values.fill_(float("nan"))
+    def poisoned(method):  # NaN wherever nothing was written: reading it poisons the logits
+        def poisoning(self, *args):
+            method(self, *args)
+            self.keys.fill_(float("nan"))
+            self.values.fill_(float("nan"))
+        return poisoning
 
     prior = tiny_prior()
     common = dict(class_labels=[0, 1, 2, 0], top_k=20, generator=torch.Generator().manual_seed(6))
     eager = sample_codes(prior, 4, cache_implementation="static", **common)
-    monkeypatch.setattr(WindowedLayer, "lazy_initialization", poisoned)
+    monkeypatch.setattr(WindowedLayer, "lazy_initialization", poisoned(StaticLayer.lazy_initialization))
+    monkeypatch.setattr(WindowedLayer, "reset", poisoned(StaticLayer.reset))  # a cache kept for the next run
     before = counters["stats"]["unique_graphs"]
     common["generator"].manual_seed(6)
     compiled = sample_codes(prior, 4, cache_implementation="static", compile=True, **common)
     assert torch.equal(compiled, eager)
     assert counters["stats"]["unique_graphs"] - before == 1  # the 8 steps' windows, 2 to 9 positions: one graph
+    # completing a prompt: the prefill fills 4 positions, the steps start at a window of 5
+    prompt = eager.flatten(1)[:, :3]
+    completed = [sample_codes(prior, 4, cache_implementation="static", prompt_codes=prompt, compile=compile,
+                              **(common | {"generator": torch.Generator().manual_seed(7)})) for compile in (False, True)]
+    assert torch.equal(*completed) and torch.equal(completed[1].flatten(1)[:, :3], prompt)
+    assert counters["stats"]["unique_graphs"] - before == 1
 
 
 def test_two_priors_of_the_same_shapes_never_share_a_compiled_step(recwarn):
