@@ -139,7 +139,9 @@ class WindowedLayer(StaticLayer):
     filled positions made the 256-pixel prior's compiled step 1.2x faster at batch 64 (256 codes, 12 layers x 768;
     no change at the MNIST prior's 49 codes). The window is the length of a tensor marked dynamic, so one graph serves
     every position. The buffers hold one spare position: a window as long as the buffer would be the buffer itself,
-    which the compiler traces as another layout (another graph)."""
+    which the compiler traces as another layout (another graph). Eager decoding keeps `PreallocatedLayer`: run
+    eagerly, this layer's write at a tensor position made an MNIST sampling run ~9 % slower (1,121 against
+    1,029 ms, median of 15 alternating rounds)."""
 
     def __init__(self, max_cache_len: int, **kwargs) -> None:
         super().__init__(max_cache_len + 1, **kwargs)

@@ -74,13 +74,14 @@ def sample_codes(
     "static" (a StaticCache; `compile=True` compiles its one-token step together with the token choice,
     as CUDA graphs on a GPU; on a CPU with oneDNN matrix products on packed weights, attending over the
     filled positions only). All paths give the same codes in float32 up to rounding: their logits agree
-    to ~1e-6, so a code can differ only where a draw falls within rounding of a top-k/top-p cut-off or a CDF boundary (the tests and the MNIST-size benchmark
-    gave equal codes). The default (both None) is the compiled static path when the prior is on CUDA (8-10x
-    `generate` on an H200; the first call for a batch size compiles, ~15-25 s) and the eager preallocated
-    path elsewhere: on a 2-core CPU the compiled path makes 1.8-2.2x `generate`'s tokens/s with the MNIST
-    prior and 2.5x at the 256-pixel size (1.6-1.9x the eager path's), after 5-70 s of compilation, so it pays
-    over long runs (`pipelines.sample` compiles for those). On CUDA in bfloat16 the compiled path did not
-    repeat its codes from call to call (float32 does; cause not found): pass compile=False there.
+    to ~1e-6, so a code can differ only where a draw falls within rounding of a top-k/top-p cut-off or a
+    CDF boundary (the tests and the MNIST-size benchmark gave equal codes). The default (both None) is the
+    compiled static path when the prior is on CUDA (8-10x `generate` on an H200; the first call for a batch
+    size compiles, ~15-25 s) and the eager preallocated path elsewhere: on a 2-core CPU the compiled path
+    makes 1.8-2.2x `generate`'s tokens/s with the MNIST prior and 2.9x at the 256-pixel size (1.6-1.9x the
+    eager path's), after 5-70 s of compilation, so it pays over long runs (`pipelines.sample` compiles for
+    those). On CUDA in bfloat16 the compiled path did not repeat its codes from call to call (float32 does;
+    cause not found): pass compile=False there.
     `use_cache=False` recomputes the whole prefix every step (only for measuring what the cache saves).
     """
     spec = prior_spec(prior)

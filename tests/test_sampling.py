@@ -166,7 +166,6 @@ def test_the_compiled_static_path_gives_the_same_codes(architecture, weight_matr
 
 def test_the_compiled_cpu_step_reads_only_the_filled_positions_through_one_graph(monkeypatch):
     from torch._dynamo.utils import counters
-
     from transformers.cache_utils import StaticLayer
 
     from stage2_prior.decoding import WindowedLayer
