@@ -181,7 +181,7 @@ def test_the_compiled_cpu_step_reads_only_the_filled_positions_through_one_graph
     common = dict(class_labels=[0, 1, 2, 0], top_k=20, generator=torch.Generator().manual_seed(6))
     eager = sample_codes(prior, 4, cache_implementation="static", **common)
     monkeypatch.setattr(WindowedLayer, "lazy_initialization", poisoned(StaticLayer.lazy_initialization))
-    monkeypatch.setattr(WindowedLayer, "reset", poisoned(StaticLayer.reset))  # a cache kept for the next run
+    monkeypatch.setattr(WindowedLayer, "reset", poisoned(WindowedLayer.reset))  # a cache kept for the next run
     before = counters["stats"]["unique_graphs"]
     common["generator"].manual_seed(6)
     compiled = sample_codes(prior, 4, cache_implementation="static", compile=True, **common)
