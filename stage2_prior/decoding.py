@@ -19,10 +19,11 @@ import warnings
 from typing import Literal
 
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
 from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
-from . import onednn_matmuls
+from . import kth_largest, onednn_matmuls
 from .token_choice import TokenChoice
 
 CacheImplementation = Literal["preallocated", "static", "dynamic", "uncached"]
@@ -61,6 +62,20 @@ def step_guards(entries: list) -> list[bool]:
             or entry.name.endswith(".training") or "_attn_implementation" in entry.name for entry in entries]
 
 
+class GraphPasses(CustomGraphPass):
+    """Inductor takes one custom post-grad pass: these, in order."""
+
+    def __init__(self, passes: list[CustomGraphPass]) -> None:
+        self.passes = passes
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        for graph_pass in self.passes:
+            graph_pass(graph)
+
+    def uuid(self) -> bytes:
+        return b"".join(graph_pass.uuid() for graph_pass in self.passes)
+
+
 class CompiledStep:
     """The one-token step compiled: `(b' tokens, 1 1 position, cache, choose, b keys) -> b` next tokens.
 
@@ -70,9 +85,9 @@ class CompiledStep:
     alone). Where that graph fails to compile for a batch size (torch 2.11's CUDA inductor did at batch 64 until
     the CDF was summed in blocks), that batch size falls back to the compiled forward pass with the choice made
     eagerly, with a warning. The counter of the draw is the position tensor, so no step recompiles. On a CPU the
-    matrix products run on oneDNN with packed weights (`onednn_matmuls`), attention reads the filled positions
-    only (`WindowedStaticCache`, one graph for every position), and the step checks only the guards of
-    `step_guards`.
+    matrix products run on oneDNN with packed weights (`onednn_matmuls`), the top-k cut-off is found without
+    branching on the logits (`kth_largest`), attention reads the filled positions only (`WindowedStaticCache`, one
+    graph for every position), and the step checks only the guards of `step_guards`.
     """
 
     def __init__(self, prior: PreTrainedModel, mode: str | None) -> None:
@@ -81,9 +96,10 @@ class CompiledStep:
         def compiled(function):
             options = None  # mode is None on a CPU; torch.compile takes a mode or options, not both
             if on_cpu:  # a dict per call: torch.compile takes the guard filter out of the one it is given
-                options = {"guard_filter_fn": step_guards}
+                passes = [kth_largest.KthLargest()]
                 if onednn_matmuls.available():
-                    options["post_grad_custom_post_pass"] = onednn_matmuls.OneDNNMatmuls()
+                    passes.append(onednn_matmuls.OneDNNMatmuls())
+                options = {"guard_filter_fn": step_guards, "post_grad_custom_post_pass": GraphPasses(passes)}
             # isolated: what keeps another prior from being served this one's step under `step_guards`, and
             # dynamo's limit of 8 recompiles (then eager, silently) counts per prior, not across every prior
             # sampled in the process (its cap of 256 compilations of one function in a process still holds)

@@ -372,3 +372,46 @@ def test_the_graph_pass_fuses_the_activation_after_a_product_where_nothing_else_
     seen = [node.target for node in nodes]
     assert torch.ops.aten.tanh.default not in seen and torch.ops.aten.silu.default not in seen
     assert torch.ops.aten.relu.default in seen
+
+
+@pytest.mark.parametrize("cols", [512, 700])
+def test_the_kth_largest_kernel_is_the_top_k_cut_off_exactly(cols):
+    from stage2_prior.kth_largest import kth_largest
+
+    torch.manual_seed(0)
+    x = torch.randn(9, cols)
+    x[0, :40] = 0.5  # ties at the cut-off
+    x[1, :10], x[1, 10:20], x[1, 20:30], x[1, 30:40] = float("inf"), -0.0, 0.0, float("-inf")
+    x[2] = -torch.rand(cols)  # all negative
+    x[3] = x[3].round()  # few distinct values
+    for k in (1, 10, 15, 25, 35, 100, cols - 1, cols):
+        reference = torch.topk(x, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        assert torch.equal(kth_largest(x, k), reference), k
+    strided = torch.randn(cols, 9).t()  # not contiguous
+    assert torch.equal(kth_largest(strided, 7), torch.topk(strided, 7).values.amin(-1, keepdim=True))
+    with pytest.raises(ValueError, match="k must lie"):
+        kth_largest(x, cols + 1)
+
+
+def test_the_kth_largest_pass_replaces_the_top_k_cut_off_and_nothing_else():
+    from stage2_prior.kth_largest import KthLargest
+
+    def choose(logits, top_k):
+        filtered = filter_logits(logits, top_k=top_k)  # the cut-off alone: replaced
+        ranked = torch.topk(logits, 3).indices  # a top-k whose indices are read: kept
+        return filtered, ranked
+
+    nodes = []
+
+    class Recording(KthLargest):
+        def __call__(self, graph):
+            super().__call__(graph)
+            nodes.extend(node.target for node in graph.nodes if node.op == "call_function")
+
+    compiled = torch.compile(choose, fullgraph=True, options={"post_grad_custom_post_pass": Recording(),
+                                                              "fx_graph_cache": False})
+    torch.manual_seed(0)
+    logits = torch.randn(5, 300)
+    for got, expected in zip(compiled(logits, 40), choose(logits, 40)):
+        assert torch.equal(got, expected)
+    assert nodes.count(torch.ops.vqgen.kth_largest.default) == 1 and nodes.count(torch.ops.aten.topk.default) == 1
