@@ -129,7 +129,7 @@ def sample_codes(
     codes = torch.empty(num_samples, h * w, dtype=torch.long, device=device)
     codes[:, : prompt.shape[1]] = prompt
     with decoder:
-        nxt = choose(decoder.prefill(tokens), keys, prompt.shape[1])
+        nxt = decoder.first(tokens, choose, keys)
         for position in range(prompt.shape[1], h * w):
             codes[:, position] = nxt
             if position + 1 < h * w:

@@ -168,7 +168,7 @@ def test_the_compiled_cpu_step_reads_only_the_filled_positions_through_one_graph
     from torch._dynamo.utils import counters
     from transformers.cache_utils import StaticLayer
 
-    from stage2_prior.decoding import WindowedLayer
+    from stage2_prior.decoding import Decoder, WindowedLayer
 
     def poisoned(method):  # NaN wherever nothing was written: reading it poisons the logits
         def poisoning(self, *args):
@@ -178,20 +178,26 @@ def test_the_compiled_cpu_step_reads_only_the_filled_positions_through_one_graph
         return poisoning
 
     prior = tiny_prior()
+    eager_prefill = Decoder.prefill
     common = dict(class_labels=[0, 1, 2, 0], top_k=20, generator=torch.Generator().manual_seed(6))
     eager = sample_codes(prior, 4, cache_implementation="static", **common)
     monkeypatch.setattr(WindowedLayer, "lazy_initialization", poisoned(StaticLayer.lazy_initialization))
     monkeypatch.setattr(WindowedLayer, "reset", poisoned(WindowedLayer.reset))  # a cache kept for the next run
+    prefills = []
+    monkeypatch.setattr(Decoder, "prefill", lambda self, tokens: prefills.append(tokens) or eager_prefill(self, tokens))
     before = counters["stats"]["unique_graphs"]
     common["generator"].manual_seed(6)
     compiled = sample_codes(prior, 4, cache_implementation="static", compile=True, **common)
     assert torch.equal(compiled, eager)
-    assert counters["stats"]["unique_graphs"] - before == 1  # the 8 steps' windows, 2 to 9 positions: one graph
+    # the class token is fed by the compiled step at position 0 (window 2, position 1 masked), not prefilled eagerly
+    assert prefills == []
+    assert counters["stats"]["unique_graphs"] - before == 1  # the 9 steps' windows, 2 to 9 positions: one graph
     # completing a prompt: the prefill fills 4 positions, the steps start at a window of 5
     prompt = eager.flatten(1)[:, :3]
     completed = [sample_codes(prior, 4, cache_implementation="static", prompt_codes=prompt, compile=compile,
                               **(common | {"generator": torch.Generator().manual_seed(7)})) for compile in (False, True)]
     assert torch.equal(*completed) and torch.equal(completed[1].flatten(1)[:, :3], prompt)
+    assert [tuple(tokens.shape) for tokens in prefills] == [(4, 4), (4, 4)]
     assert counters["stats"]["unique_graphs"] - before == 1
 
 
