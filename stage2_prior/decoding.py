@@ -187,15 +187,17 @@ class WindowedStaticCache(StaticCache):
             raise ValueError("a windowed cache needs a model whose every layer attends to the full sequence")
         self.layers = [WindowedLayer(max_cache_len) for _ in self.layers]
         self.max_length = max_cache_len
+        # the keys' and values' shape per layer, as the attention writes them
+        self.heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
-    def prepare_first_step(self, config, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+    def prepare_first_step(self, batch: int, like: torch.Tensor) -> None:
         """Ready the cache for a run whose prefix is one token, fed by the compiled step itself at position 0: the
         layers allocated ahead (the compiled step must not allocate them), and position 1 zeroed. That step attends
         over a window of 2 with position 1 masked out, since a window of 1 would be another graph (dynamo
-        specialises sizes 0 and 1); zeros there keep the masked scores finite, so its weight is exactly 0."""
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.early_initialization(batch, heads, head_dim, dtype, device)
+        specialises sizes 0 and 1); zeros there keep the masked scores finite, so its weight is exactly 0. The
+        buffers take `like`'s dtype and device (the prior's parameters')."""
+        self.early_initialization(batch, self.heads, self.head_dim, like.dtype, like.device)
         for layer in self.layers:
             layer.keys[:, :, 1].zero_()
             layer.values[:, :, 1].zero_()
@@ -293,15 +295,19 @@ class Decoder:
         if self.prior.config._attn_implementation != self.restore:
             self.prior.set_attn_implementation(self.restore)
 
+    def compiled_cache(self, batch: int) -> StaticCache:
+        """The kept cache the compiled step is traced against: windowed on a CPU, where the step reads the filled
+        positions only; whole on CUDA, where a CUDA graph needs fixed shapes."""
+        return reusable_static_cache(self.prior, batch, self.max_length, windowed=not self.on_cuda)
+
     def first(self, tokens: torch.Tensor, choose: TokenChoice, keys: torch.Tensor) -> torch.Tensor:
         """`b' t` tokens (the prefix, then any prompt codes) -> the `b` tokens chosen for the position after them.
 
         A one-token prefix on the compiled CPU path is the compiled step at position 0 (~10 ms less a run with the
         MNIST prior at batch 64 than the eager forward pass and choice); anything else is prefilled eagerly."""
         if self.compiled is not None and not self.on_cuda and tokens.shape[1] == 1 and self.max_length > 2:
-            parameter = next(self.prior.parameters())
-            self.cache = reusable_static_cache(self.prior, tokens.shape[0], self.max_length, windowed=True)
-            self.cache.prepare_first_step(self.prior.config, tokens.shape[0], parameter.dtype, parameter.device)
+            self.cache = self.compiled_cache(tokens.shape[0])
+            self.cache.prepare_first_step(tokens.shape[0], next(self.prior.parameters()))
             self.length = 0
             return self.step(tokens[:, 0], choose, keys)
         return choose(self.prefill(tokens), keys, tokens.shape[1] - 1)
@@ -311,8 +317,8 @@ class Decoder:
         if self.uncached:
             self.tokens = tokens
             return self.prior(input_ids=tokens, use_cache=False).logits[:, -1]
-        if self.compiled is not None:  # the CPU step reads the filled positions only; a CUDA graph needs fixed shapes
-            self.cache = reusable_static_cache(self.prior, tokens.shape[0], self.max_length, windowed=not self.on_cuda)
+        if self.compiled is not None:
+            self.cache = self.compiled_cache(tokens.shape[0])
         if isinstance(self.cache, WindowedStaticCache):
             self.cache.attend_to(self.length)
         positions = torch.arange(self.length, device=tokens.device)[None]

@@ -96,29 +96,36 @@ def _kth_largest_shape(x, k):
     return x.new_empty(x.shape[0], 1)
 
 
+def named_arguments(node: torch.fx.Node) -> dict:
+    """An op node's arguments by name, defaults filled in, however the graph passed them."""
+    return node.normalized_arguments(node.graph.owning_module, normalize_to_only_use_kwargs=True).kwargs
+
+
 class KthLargest(CustomGraphPass):
     """Inductor post-grad pass: `topk(x, k, -1).values.amin(-1, keepdim=True)` of a 2-D float32 CPU tensor, where
     nothing else reads the top k, becomes `vqgen::kth_largest(x, k)`."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for topk in list(graph.nodes):
-            if topk.op != "call_function" or topk.target is not aten.topk.default:
+            if topk.op != "call_function" or topk.target is not aten.topk.default or len(topk.users) != 1:
                 continue
-            x, k, *rest = topk.args
-            dim, largest = (list(rest) + [-1, True])[:2]
-            value = x.meta.get("val")
+            arguments = named_arguments(topk)
+            value = arguments["input"].meta.get("val")
             if (value is None or value.dim() != 2 or value.dtype != torch.float32 or value.device.type != "cpu"
-                    or dim not in (-1, 1) or not largest or not isinstance(k, int) or len(topk.users) != 1):
+                    or arguments["dim"] not in (-1, 1) or not arguments["largest"]
+                    or not isinstance(arguments["k"], int)):
                 continue
             (values,) = topk.users
             if values.target is not operator.getitem or values.args[1] != 0 or len(values.users) != 1:
                 continue
             (least,) = values.users
-            if least.target is not aten.amin.default or list(least.args[1]) not in ([-1], [1]) or not (
-                    least.args[2] if len(least.args) > 2 else least.kwargs.get("keepdim", False)):
+            if least.target is not aten.amin.default:
+                continue
+            reduced = named_arguments(least)
+            if list(reduced["dim"]) not in ([-1], [1]) or not reduced["keepdim"]:
                 continue
             with graph.inserting_before(least):
-                found = graph.call_function(torch.ops.vqgen.kth_largest.default, (x, k))
+                found = graph.call_function(torch.ops.vqgen.kth_largest.default, (arguments["input"], arguments["k"]))
             found.meta.update(least.meta)
             least.replace_all_uses_with(found)
             for node in (least, values, topk):
