@@ -15,7 +15,7 @@ import pytest
 
 from hub_server import start_hub
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 
 from stage1_tokenizer import VQVAE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from pipelines.sample_quality import FrechetStatistics, frechet_distance, freche
 from pipelines.subsets import random_subset
 from vqgen.data import image_batches
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -15,7 +15,7 @@ from stage2_prior import (PriorVocabulary, TokenizerSpec, build_prior, check_com
 from stage2_prior.train import drop_labels, main as train_prior
 from two_processes import launch_two_cpu_processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = TokenizerSpec("tiny-tokenizer", codebook_size=16, grid_shape=(3, 3), image_size=12, image_channels=1)
 CLASSES = ["a", "b", "c"]
 

@@ -18,7 +18,7 @@ from stage1_tokenizer import CVAE, VAE, VQVAE
 from stage2_prior import TokenizerSpec, build_prior
 from two_processes import launch_two_cpu_processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = [str(i) for i in range(10)]
 
 

@@ -18,7 +18,7 @@ from two_processes import launch_two_cpu_processes
 from vqgen.data import DatasetSpecError, DecodeError, load_image_dataset, load_image_stream, spread_indices
 from vqgen.data.transforms import DataAugmentation, center_box, random_box, to_pixels, transform
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from stage1_tokenizer import VQVAE, PretrainedModel
 from stage1_tokenizer.train import main as train
 from two_processes import launch_two_cpu_processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--channels", "8", "--num_res_blocks", "1", "--codebook_size", "32", "--code_dim", "4",
         "--latent_dim", "4", "--batch_size", "16", "--max_train_samples", "128", "--max_eval_samples", "64",
         "--eval_batch_size", "32", "--warmup_steps", "0"]

@@ -11,7 +11,7 @@ from stage1_tokenizer.presets import PRESETS, Preset, parameter_count
 from stage1_tokenizer.train import build_model, parse_args
 from stage1_tokenizer.vqgan_networks import AttentionBlock, ResnetBlock, VQGANDecoder
 
-RELEASE = Path(__file__).parent / "fixtures" / "release_0_1"
+RELEASE = Path(__file__).resolve().parents[1] / "fixtures" / "release_0_1"
 
 from test_models import TINY, tiny  # noqa: E402 - the same tiny models as the model tests
 

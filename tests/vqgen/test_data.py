@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from vqgen.data import DatasetSpecError, class_names, images_to_tensor, load_image_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pixels(dataset) -> np.ndarray:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 import pipelines
 from stage1_tokenizer import CVAE, VQVAE, VectorQuantizerConfig, load_pretrained
 
-RELEASE = Path(__file__).parent / "fixtures" / "release_0_1"
+RELEASE = Path(__file__).resolve().parents[1] / "fixtures" / "release_0_1"
 
 
 def test_a_version_1_pipeline_loads_and_its_tokenizer_gives_the_same_codes():
