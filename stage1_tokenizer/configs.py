@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from vqgen.cli import field_default, option
+from vqgen.fields import field_default, option
 
 from .quantizers import QUANTIZERS, VectorQuantizerConfig, quantizer_config
 

@@ -19,15 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from .fields import field_default, option  # noqa: F401 - option re-exported for the training scripts
+
 T = TypeVar("T")
-
-
-def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
-           flag: str | None = None, choices: Any = None) -> Any:
-    """A dataclass field with its command-line help (and flag name, when it differs from the field's;
-    `choices`, a callable, when they come from a registry filled at import time)."""
-    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {})}
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -40,14 +34,6 @@ def _none_or(parse):
 
     convert.__name__ = getattr(parse, "__name__", "value")
     return convert
-
-
-def field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,

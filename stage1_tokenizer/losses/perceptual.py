@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqgen.cli import option
+from vqgen.fields import option
 
 from ..outputs import AutoencoderOutput
 from .base import LossConfigurationError, LossTerms, TrainingLoss

@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vqgen.cli import option
+from vqgen.fields import option
 from vqgen.distributed import all_reduce_sum_
 
 from .base import Quantizer, QuantizerOutput, check_codes

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vqgen.cli import option
+from vqgen.fields import option
 from vqgen.distributed import all_reduce_sum_, broadcast_
 
 from .base import Quantizer, QuantizerOutput, check_codes

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from ..cli import option
+from ..fields import option
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom
 
