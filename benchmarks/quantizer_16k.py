@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import emit, header  # noqa: E402
 
-from stage1_tokenizer import VectorQuantizer  # noqa: E402
+from stage1_tokenizer import VectorQuantizer, VectorQuantizerConfig  # noqa: E402
 
 SIDES = ("ours", "vector_quantize_pytorch")
 
@@ -71,9 +71,10 @@ def build(side: str, args: argparse.Namespace, device: torch.device) -> Callable
     """One forward + backward call of `side` on its own copy of the input."""
     z, upstream = inputs(args, device)
     if side == "ours":
-        quantizer = VectorQuantizer(args.codebook_size, args.dim, beta=args.commitment, ema_decay=args.decay,
-                                    dead_code_threshold=args.dead_code_threshold, init=args.init,
-                                    l2_normalize=args.l2).to(device).train()
+        config = VectorQuantizerConfig(codebook_size=args.codebook_size, beta=args.commitment, ema_decay=args.decay,
+                                       dead_code_threshold=args.dead_code_threshold, codebook_init=args.init,
+                                       l2_normalize=args.l2)
+        quantizer = VectorQuantizer(config, args.dim).to(device).train()
         if args.compile:
             quantizer.initialize_(z.detach())
             quantizer = torch.compile(quantizer, fullgraph=True)

@@ -29,6 +29,7 @@ Prints one JSON object; `--out` also writes it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -157,9 +158,7 @@ def quantizer_settings(config: VQVAEConfig, z: torch.Tensor, init: str) -> dict:
 def build_quantizer_ours(s: dict, device: torch.device, args: argparse.Namespace):
     z, upstream, config = quantizer_input(s, device)
     vq = config.quantizer
-    quantizer = VectorQuantizer(vq.codebook_size, config.code_dim, beta=vq.beta, ema_decay=vq.ema_decay,
-                                dead_code_threshold=vq.dead_code_threshold, init=args.quantizer_init,
-                                l2_normalize=vq.l2_normalize).to(device)
+    quantizer = VectorQuantizer(dataclasses.replace(vq, codebook_init=args.quantizer_init), config.code_dim).to(device)
     quantizer.train()
 
     def step() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 import stage2_prior
 from stage1_tokenizer import VQVAE
 from vqgen.data import load_image_dataset
-from stage1_tokenizer.quantizers import VectorQuantizer
+from stage1_tokenizer.quantizers import VectorQuantizer, VectorQuantizerConfig
 from stage2_prior.sampling import check_sampling_args
 from stage2_prior.token_choice import filter_logits
 
@@ -36,7 +36,8 @@ DTYPES = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])
 )
 def test_quantizer_shapes_and_ranges(b, h, w, d, k, dtype, l2, ema, seed, scale):
     torch.manual_seed(seed)
-    vq = VectorQuantizer(k, d, ema_decay=ema, l2_normalize=l2, init="random")
+    vq = VectorQuantizer(VectorQuantizerConfig(codebook_size=k, ema_decay=ema, l2_normalize=l2, codebook_init="random"),
+                         dim=d)
     z = (torch.randn(b, d, h, w, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
 
     for training in (True, False):

@@ -28,7 +28,8 @@ def quantizer_config(data: Any) -> Any:
 
 
 def build_quantizer(config: Any, dim: int) -> Quantizer:
-    return QUANTIZERS[config.type].from_config(config, dim)
+    """The quantiser a config names (by its `type`), for `dim` latent channels."""
+    return QUANTIZERS[config.type](config, dim)
 
 
 __all__ = ["FSQConfig", "FiniteScalarQuantizer", "QUANTIZERS", "Quantizer", "QuantizerOutput", "VectorQuantizer",

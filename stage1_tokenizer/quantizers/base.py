@@ -9,7 +9,7 @@ its own file nothing reaches into a quantiser's attributes: stage 1 uses `forwar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,17 +24,12 @@ class QuantizerOutput:
 
 
 class Quantizer(nn.Module):
-    """Base of every quantiser. Subclasses set `type` and `config_class` (a dataclass with a `type`
-    field) and implement the four members below; `from_config` builds one for `dim` latent channels.
+    """Base of every quantiser. A subclass sets `config_class` (a dataclass with a `type` field naming it
+    in the registry, whose fields state every option and its default once), is built as
+    `cls(config, dim)` for `dim` latent channels, and implements the four members below.
     """
 
-    type: ClassVar[str]
     config_class: ClassVar[type]
-
-    @classmethod
-    def from_config(cls, config: Any, dim: int) -> Quantizer:
-        kwargs = {k: v for k, v in vars(config).items() if k != "type"}
-        return cls(dim=dim, **kwargs)
 
     @property
     def codebook_size(self) -> int:

@@ -43,17 +43,22 @@ def round_straight_through(x: torch.Tensor) -> torch.Tensor:
     return x + (x.round() - x).detach()
 
 
-class FiniteScalarQuantizer(Quantizer):
-    """`b dim h w` -> codes `b h w` in [0, prod(levels)); no loss terms, no state but the projections."""
+# How far inside (-L/2, L/2) the bound stays, so that rounding never reaches a level outside the L given.
+BOUND_EPSILON = 1e-3
 
-    type: ClassVar[str] = "fsq"
+
+class FiniteScalarQuantizer(Quantizer):
+    """`b dim h w` -> codes `b h w` in [0, prod(levels)); no loss terms, no state but the projections.
+
+    >>> quantizer = FiniteScalarQuantizer(FSQConfig(levels=[8, 5, 5, 5]), dim=64)
+    """
+
     config_class: ClassVar[type] = FSQConfig
 
-    def __init__(self, levels: list[int], dim: int, *, epsilon: float = 1e-3) -> None:
+    def __init__(self, config: FSQConfig, dim: int) -> None:
         super().__init__()
-        FSQConfig(levels=list(levels))  # validates
-        self.levels_list = list(levels)
-        n = len(levels)
+        self.config = config
+        levels, n = config.levels, len(config.levels)
         self.project_in = nn.Conv2d(dim, n, 1) if dim != n else nn.Identity()
         self.project_out = nn.Conv2d(n, dim, 1) if dim != n else nn.Identity()
         levels_t = torch.tensor(levels, dtype=torch.float32)
@@ -61,15 +66,14 @@ class FiniteScalarQuantizer(Quantizer):
         self.register_buffer("levels", levels_t, persistent=False)
         self.register_buffer("basis", torch.cumprod(torch.tensor([1, *levels[:-1]]), 0), persistent=False)
         self.register_buffer("half_width", (levels_t // 2), persistent=False)
-        self.epsilon = epsilon
 
     @property
     def codebook_size(self) -> int:
-        return math.prod(self.levels_list)
+        return self.config.codebook_size
 
     def _bound(self, z: torch.Tensor) -> torch.Tensor:
         """`... n` -> values in (-L/2, L/2) per channel, shifted for even L so rounding gives exactly L values."""
-        half = (self.levels - 1) * (1 + self.epsilon) / 2
+        half = (self.levels - 1) * (1 + BOUND_EPSILON) / 2
         offset = (self.levels % 2 == 0).float() * 0.5
         shift = torch.atanh(offset / half)
         return torch.tanh(z + shift) * half - offset

@@ -15,12 +15,25 @@ from vqgen.distributed import all_reduce_sum_, broadcast_
 
 from .base import Quantizer, QuantizerOutput, check_codes
 
-CodebookInit = Literal["kmeans", "data", "random"]
+# Laplace smoothing of the EMA cluster sizes; the decay of a gradient-learned codebook's code counts (kept for its
+# dead-code restarts); the Lloyd iterations of the k-means initialisation.
+EMA_EPSILON = 1e-5
+LEARNED_COUNT_DECAY = 0.99
+KMEANS_ITERS = 10
 
 
 @dataclass
 class VectorQuantizerConfig:
-    """`--quantizer vq`: nearest-neighbour codebook (van den Oord et al. 2017) with the collapse remedies."""
+    """`--quantizer vq`: nearest-neighbour codebook (van den Oord et al. 2017) with the collapse remedies.
+
+    `ema_decay` updates the codebook as an exponential moving average of the vectors assigned to each code
+    (with Laplace smoothing) instead of by gradient; None (0 on the command line) uses the gradient of the
+    codebook term. A code whose moving-average count per step falls below `dead_code_threshold` is
+    restarted from a random current encoder output. `codebook_init` "kmeans" runs k-means on the first
+    training batch, "data" takes random first-batch vectors. With `rotation_trick` the encoder's gradient
+    comes through `rotate_onto` (a rotation and rescaling of each encoder output onto its code, treated as
+    a constant) instead of being copied straight through; the forward value is the code either way.
+    """
 
     type: Literal["vq"] = "vq"
     codebook_size: int = option(512, "number of codes K")
@@ -35,6 +48,11 @@ class VectorQuantizerConfig:
     def __post_init__(self) -> None:
         if self.ema_decay == 0:  # the command line's spelling of "learn the codebook by gradient"
             self.ema_decay = None
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), or 0 / None to learn the codebook by gradient, "
+                             f"got {self.ema_decay}")
+        if self.codebook_init not in ("kmeans", "data", "random"):
+            raise ValueError(f"codebook_init must be 'kmeans', 'data' or 'random', got {self.codebook_init!r}")
 
 
 def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -132,7 +150,7 @@ def rotate_onto(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return scale * rotated
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(x: torch.Tensor, k: int, iters: int = KMEANS_ITERS, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ seeding on `n d` vectors; returns (`k d` centroids, `k` cluster sizes)."""
     # k-means++: each new seed is drawn with probability proportional to its squared distance to the
     # nearest seed so far, which keeps two seeds from starting in one cluster.
@@ -157,23 +175,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator 
 
 
 class VectorQuantizer(Quantizer):
-    """Maps each `dim`-vector of `z: b d h w` to its nearest of `codebook_size` codes.
+    """Maps each `dim`-vector of `z: b d h w` to its nearest of `config.codebook_size` codes.
 
-    Args:
-        codebook_size: number of codes K.
-        dim: code dimension d (the encoder's output channels).
-        beta: weight of the commitment term.
-        ema_decay: update the codebook as an exponential moving average of the vectors assigned to
-            each code (with Laplace smoothing) instead of by gradient; `None` uses the gradient of the
-            codebook term.
-        dead_code_threshold: a code whose moving-average count per step falls below this is restarted
-            from a random current encoder output; 0 disables restarts.
-        init: "kmeans" (k-means on the first batch), "data" (random first-batch vectors) or "random".
-        l2_normalize: compare and decode l2-normalised vectors (cosine-similarity codebook).
-        rotation_trick: the encoder's gradient comes through `rotate_onto` (a rotation and rescaling
-            of each encoder output onto its code, treated as a constant) instead of being copied
-            straight through; the forward value is the code either way.
-        epsilon: Laplace smoothing of EMA cluster sizes.
+    >>> quantizer = VectorQuantizer(VectorQuantizerConfig(codebook_size=512), dim=64)
 
     Under several processes the counts and sums are all-reduced and initialisation/restarts are
     decided on rank 0 and broadcast, so every process holds the same codebook. The quantiser always
@@ -189,57 +193,29 @@ class VectorQuantizer(Quantizer):
     codes below the threshold take theirs.
     """
 
-    type: ClassVar[str] = "vq"
     config_class: ClassVar[type] = VectorQuantizerConfig
 
-    @classmethod
-    def from_config(cls, config: VectorQuantizerConfig, dim: int) -> VectorQuantizer:
-        return cls(config.codebook_size, dim, beta=config.beta, ema_decay=config.ema_decay,
-                   dead_code_threshold=config.dead_code_threshold, init=config.codebook_init,
-                   l2_normalize=config.l2_normalize, rotation_trick=config.rotation_trick)
-
-    def __init__(
-        self,
-        codebook_size: int = 512,
-        dim: int = 64,
-        *,
-        beta: float = 0.25,
-        ema_decay: float | None = 0.99,
-        dead_code_threshold: float = 1.0,
-        init: CodebookInit = "kmeans",
-        l2_normalize: bool = False,
-        rotation_trick: bool = False,
-        kmeans_iters: int = 10,
-        epsilon: float = 1e-5,
-    ) -> None:
+    def __init__(self, config: VectorQuantizerConfig, dim: int) -> None:
         super().__init__()
-        if init not in ("kmeans", "data", "random"):
-            raise ValueError(f"init must be 'kmeans', 'data' or 'random', got {init!r}")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
-        self._codebook_size, self.dim, self.beta = codebook_size, dim, beta
-        self.ema_decay, self.dead_code_threshold, self.init = ema_decay, dead_code_threshold, init
-        self.l2_normalize, self.kmeans_iters, self.epsilon = l2_normalize, kmeans_iters, epsilon
-        self.rotation_trick = rotation_trick
-
-        codebook = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
-        self.codebook = nn.Parameter(codebook, requires_grad=ema_decay is None)
+        self.config, self.dim = config, dim
+        k, learned = config.codebook_size, config.ema_decay is None
+        self.codebook = nn.Parameter(torch.empty(k, dim).uniform_(-1.0 / k, 1.0 / k), requires_grad=learned)
         # Persistent, so save -> load reproduces training exactly and a resumed run does not re-initialise.
-        self.register_buffer("initialized", torch.tensor(init == "random"))
-        self.register_buffer("cluster_size", torch.zeros(codebook_size))
-        if ema_decay is not None:
-            self.register_buffer("embed_sum", torch.zeros(codebook_size, dim))
+        self.register_buffer("initialized", torch.tensor(config.codebook_init == "random"))
+        self.register_buffer("cluster_size", torch.zeros(k))
+        if not learned:
+            self.register_buffer("embed_sum", torch.zeros(k, dim))
         # A host-side copy of `initialized`, so that forward never reads a device tensor to decide
         # whether to initialise (a graph break under torch.compile, a device sync on a GPU). It
         # follows the buffer through `initialize_` and `load_state_dict`.
-        self._initialized = init == "random"
+        self._initialized = config.codebook_init == "random"
 
     @property
     def codebook_size(self) -> int:
-        return self._codebook_size
+        return self.config.codebook_size
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) if self.l2_normalize else x
+        return F.normalize(x, dim=-1) if self.config.l2_normalize else x
 
     @property
     def codes(self) -> torch.Tensor:
@@ -288,7 +264,7 @@ class VectorQuantizer(Quantizer):
         codebook = self.codes
         codes = self._nearest(flat)
         quantized = F.embedding(codes, codebook)
-        commitment_loss = self.beta * F.mse_loss(flat, quantized.detach())
+        commitment_loss = self.config.beta * F.mse_loss(flat, quantized.detach())
 
         # Counts by index_add_ rather than bincount: bincount's output shape depends on the data,
         # which torch.compile cannot put in a graph.
@@ -299,7 +275,7 @@ class VectorQuantizer(Quantizer):
             counts = all_reduce_sum_(counts)
             self._update(flat.detach(), codes, counts)
 
-        if self.rotation_trick:
+        if self.config.rotation_trick:
             # The value is the code itself (t - t.detach() is exactly 0), so rounding in the rotation never
             # reaches the decoder; only the gradient comes from `rotate_onto`.
             rotated = rotate_onto(flat, quantized.detach())
@@ -308,7 +284,7 @@ class VectorQuantizer(Quantizer):
             passed = flat + (quantized - flat).detach()  # straight-through
         # Under EMA the codebook moves by averaging, so its term would only add a constant to the loss.
         losses = {"commitment_loss": commitment_loss}
-        if self.ema_decay is None:
+        if self.config.ema_decay is None:
             losses["codebook_loss"] = F.mse_loss(quantized, flat.detach())
         return QuantizerOutput(
             quantized=passed.reshape(b, h, w, -1).permute(0, 3, 1, 2),
@@ -325,32 +301,33 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _initialize(self, flat: torch.Tensor) -> None:
         # Decided on rank 0 and broadcast: k-means on different shards would give different codebooks.
-        if self.init == "kmeans":
-            codebook, sizes = kmeans(flat, self.codebook_size, self.kmeans_iters)
+        if self.config.codebook_init == "kmeans":
+            codebook, sizes = kmeans(flat, self.codebook_size)
         else:
             idx = torch.randint(0, flat.shape[0], (self.codebook_size,)).to(flat.device)
             codebook = flat[idx]
             sizes = torch.full((self.codebook_size,), flat.shape[0] / self.codebook_size, device=flat.device)
         self.codebook.data.copy_(broadcast_(codebook.contiguous()))
         self.cluster_size.copy_(broadcast_(sizes.float().contiguous()))
-        if self.ema_decay is not None:
+        if self.config.ema_decay is not None:
             self.embed_sum.copy_(self.codebook.data * self.cluster_size[:, None])
         self.initialized.fill_(True)
         self._initialized = True
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
-        decay = self.ema_decay if self.ema_decay is not None else 0.99
+        ema_decay = self.config.ema_decay
+        decay = ema_decay if ema_decay is not None else LEARNED_COUNT_DECAY
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
-        if self.ema_decay is not None:
+        if ema_decay is not None:
             sums = all_reduce_sum_(torch.zeros_like(self.embed_sum).index_add_(0, codes, flat))
             self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
             n = self.cluster_size.sum()
-            smoothed = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
+            smoothed = (self.cluster_size + EMA_EPSILON) / (n + self.codebook_size * EMA_EPSILON) * n
             codebook = self.embed_sum / smoothed[:, None]
         else:
             codebook = None
-        if self.dead_code_threshold > 0:
+        if self.config.dead_code_threshold > 0:
             codebook = self._restart_dead_codes(flat, self.codebook.data if codebook is None else codebook)
         if codebook is not None:
             # through .data: the version counter of a gradient-learned codebook is left alone
@@ -366,10 +343,10 @@ class VectorQuantizer(Quantizer):
         rank therefore reaches the same broadcast every step, and the random stream advances by the
         same amount every step (a resumed run draws the same indices).
         """
-        dead = self.cluster_size < self.dead_code_threshold  # identical on every rank: all-reduced counts
+        dead = self.cluster_size < self.config.dead_code_threshold  # identical on every rank: all-reduced counts
         idx = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
         candidates = broadcast_(flat[idx])
-        self.cluster_size.masked_fill_(dead, self.dead_code_threshold)
-        if self.ema_decay is not None:
-            self.embed_sum.copy_(torch.where(dead[:, None], candidates * self.dead_code_threshold, self.embed_sum))
+        self.cluster_size.masked_fill_(dead, self.config.dead_code_threshold)
+        if self.config.ema_decay is not None:
+            self.embed_sum.copy_(torch.where(dead[:, None], candidates * self.config.dead_code_threshold, self.embed_sum))
         return torch.where(dead[:, None], candidates, codebook)

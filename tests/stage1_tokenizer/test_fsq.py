@@ -15,12 +15,12 @@ LEVELS = [8, 5, 5, 5]
 
 def identity_fsq(levels=LEVELS) -> FiniteScalarQuantizer:
     """dim == len(levels): no projection, so the tests see the scalar quantiser itself."""
-    return FiniteScalarQuantizer(levels, dim=len(levels))
+    return FiniteScalarQuantizer(FSQConfig(levels=levels), dim=len(levels))
 
 
 def test_codebook_size_is_the_product_of_levels_and_config_agrees():
     assert identity_fsq().codebook_size == 1000 == FSQConfig(levels=LEVELS).codebook_size
-    assert FiniteScalarQuantizer([8, 8, 8, 5, 5, 5], dim=64).codebook_size == 64000
+    assert FiniteScalarQuantizer(FSQConfig(levels=[8, 8, 8, 5, 5, 5]), dim=64).codebook_size == 64000
     with pytest.raises(ValueError, match="levels"):
         FSQConfig(levels=[8, 1])
 
@@ -51,7 +51,7 @@ def test_straight_through_gradient_is_the_bound_derivative():
 
 def test_lookup_and_nearest_round_trip():
     torch.manual_seed(0)
-    q = FiniteScalarQuantizer(LEVELS, dim=16)  # with projections
+    q = FiniteScalarQuantizer(FSQConfig(levels=LEVELS), dim=16)  # with projections
     z = torch.randn(3, 16, 4, 4) * 3
     out = q(z)
     torch.testing.assert_close(q.lookup(out.codes), out.quantized)

@@ -3,15 +3,19 @@
 import pytest
 import torch
 
-from stage1_tokenizer.quantizers import VectorQuantizer, codebook_usage
-from stage1_tokenizer.quantizers.vector import kmeans, nearest_codes, squared_distances
+from stage1_tokenizer.quantizers import VectorQuantizer, VectorQuantizerConfig, codebook_usage
+from stage1_tokenizer.quantizers.vector import EMA_EPSILON, kmeans, nearest_codes, squared_distances
 
 
-def make_quantizer(**kwargs) -> VectorQuantizer:
+def vq(k: int, d: int, **options) -> VectorQuantizer:
+    return VectorQuantizer(VectorQuantizerConfig(codebook_size=k, **options), dim=d)
+
+
+def make_quantizer(k: int = 16, d: int = 4, **options) -> VectorQuantizer:
     torch.manual_seed(0)
-    kwargs.setdefault("init", "random")
-    kwargs.setdefault("dead_code_threshold", 0.0)
-    return VectorQuantizer(codebook_size=kwargs.pop("k", 16), dim=kwargs.pop("d", 4), **kwargs)
+    options.setdefault("codebook_init", "random")
+    options.setdefault("dead_code_threshold", 0.0)
+    return vq(k, d, **options)
 
 
 def test_squared_distances_match_brute_force():
@@ -58,8 +62,8 @@ def test_codebook_term_moves_only_codebook_and_commitment_only_encoder():
 
 
 def test_ema_codebook_has_no_gradient_and_follows_the_ema_formula():
-    decay, eps, k, d = 0.9, 1e-5, 4, 2
-    q = make_quantizer(k=k, d=d, ema_decay=decay, epsilon=eps).train()
+    decay, eps, k, d = 0.9, EMA_EPSILON, 4, 2
+    q = make_quantizer(k=k, d=d, ema_decay=decay).train()
     q.codebook.data = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     q.cluster_size.copy_(torch.tensor([2.0, 1.0, 1.0, 0.5]))
     q.embed_sum.copy_(q.codebook.data * q.cluster_size[:, None])
@@ -99,7 +103,7 @@ def test_data_driven_init_happens_once_and_uses_the_batch(init):
     torch.manual_seed(0)
     centers = torch.randn(8, 4) * 10
     z = (centers[torch.randint(0, 8, (512,))] + 0.01 * torch.randn(512, 4)).T.reshape(1, 4, 16, 32)
-    q = VectorQuantizer(8, 4, init=init, dead_code_threshold=0.0).train()
+    q = vq(8, 4, codebook_init=init, dead_code_threshold=0.0).train()
     assert not q.initialized
     q(z)
     assert q.initialized
@@ -202,11 +206,11 @@ def test_restarts_draw_the_same_randoms_whatever_the_number_of_dead_codes():
 def test_save_load_resume_is_bit_identical():
     torch.manual_seed(0)
     zs = [torch.randn(2, 4, 3, 3) for _ in range(4)]
-    q = VectorQuantizer(16, 4, init="kmeans", dead_code_threshold=1.0).train()
+    q = vq(16, 4, codebook_init="kmeans", dead_code_threshold=1.0).train()
     q(zs[0])
     saved, rng = {k: v.clone() for k, v in q.state_dict().items()}, torch.get_rng_state()
     first = [q(z).codes for z in zs[1:]]
-    resumed = VectorQuantizer(16, 4, init="kmeans", dead_code_threshold=1.0).train()
+    resumed = vq(16, 4, codebook_init="kmeans", dead_code_threshold=1.0).train()
     resumed.load_state_dict(saved)  # `initialized` comes back: no second k-means
     torch.set_rng_state(rng)
     second = [resumed(z).codes for z in zs[1:]]
@@ -215,8 +219,8 @@ def test_save_load_resume_is_bit_identical():
 
 
 def test_loading_an_uninitialised_state_makes_the_next_training_call_initialise():
-    fresh = VectorQuantizer(8, 4, init="kmeans").state_dict()
-    q = VectorQuantizer(8, 4, init="kmeans").train()
+    fresh = vq(8, 4, codebook_init="kmeans").state_dict()
+    q = vq(8, 4, codebook_init="kmeans").train()
     q(torch.randn(1, 4, 8, 8))
     assert q.initialized
     q.load_state_dict(fresh)
@@ -238,7 +242,7 @@ def _explain(fn, *args):
                                                                "ema_decay": None}])
 def test_forward_after_initialisation_is_one_graph_without_breaks(kwargs):
     kwargs = {"dead_code_threshold": 1.0, **kwargs}
-    q = VectorQuantizer(16, 4, init="kmeans", **kwargs).train()
+    q = vq(16, 4, codebook_init="kmeans", **kwargs).train()
     z = torch.randn(2, 4, 3, 3)
     q.initialize_(z)
     for mode in (True, False):
@@ -258,8 +262,8 @@ def _compiled_against_eager(backend: str, l2_normalize: bool, monkeypatch, steps
     monkeypatch.setattr(vector, "BLOCK_BYTES_CPU", 4 * 16 * 5)  # blocks of 5 rows: both blocked paths run
     torch.manual_seed(0)
     zs = [torch.randn(2, 4, 3, 3) for _ in range(steps + 1)]
-    eager = VectorQuantizer(16, 4, init="data", dead_code_threshold=1.0, l2_normalize=l2_normalize,
-                            rotation_trick=rotation_trick).train()
+    eager = vq(16, 4, codebook_init="data", dead_code_threshold=1.0, l2_normalize=l2_normalize,
+               rotation_trick=rotation_trick).train()
     eager.initialize_(zs[0])
     eager.cluster_size[:5] = 0.0  # dead: the restart path runs in the very first compiled step
     copied = copy.deepcopy(eager)
@@ -311,7 +315,7 @@ def test_inductor_compiled_training_steps_match_eager_ones(rotation_trick, monke
 
 def test_compiling_without_fullgraph_initialises_eagerly_on_the_first_call():
     torch.manual_seed(0)
-    q = VectorQuantizer(8, 4, init="kmeans").train()
+    q = vq(8, 4, codebook_init="kmeans").train()
     torch._dynamo.reset()
     try:
         compiled = torch.compile(q, backend="aot_eager")

@@ -39,8 +39,9 @@ def rotated_gradient(e: torch.Tensor, q: torch.Tensor, g: torch.Tensor) -> torch
 def make_pair(**kwargs) -> tuple[VectorQuantizer, VectorQuantizer]:
     """A plain VQ and a rotation-trick VQ with the same codebook."""
     torch.manual_seed(0)
-    plain = VectorQuantizer(16, 4, init="random", dead_code_threshold=0.0, **kwargs)
-    rotated = VectorQuantizer(16, 4, init="random", dead_code_threshold=0.0, rotation_trick=True, **kwargs)
+    options = dict(codebook_size=16, codebook_init="random", dead_code_threshold=0.0, **kwargs)
+    plain = VectorQuantizer(VectorQuantizerConfig(**options), dim=4)
+    rotated = VectorQuantizer(VectorQuantizerConfig(**options, rotation_trick=True), dim=4)
     rotated.load_state_dict(plain.state_dict())
     return plain, rotated
 
@@ -143,10 +144,10 @@ def test_degenerate_rows_give_finite_gradients():
 
 def test_the_option_is_a_flag_saved_with_the_tokenizer_and_absent_means_off(tmp_path):
     model = build_model(parse_args(["--rotation_trick", "--codebook_size", "16"]), 28, 1, None)
-    assert model.config.quantizer.rotation_trick and model.quantizer.rotation_trick
+    assert model.quantizer.config.rotation_trick
     model.save_pretrained(tmp_path)
     again = load_pretrained(tmp_path)
-    assert isinstance(again, VQVAE) and again.quantizer.rotation_trick
+    assert isinstance(again, VQVAE) and again.quantizer.config.rotation_trick
     # a config.json written before the option existed
     old = {k: v for k, v in vars(VectorQuantizerConfig()).items() if k != "rotation_trick"}
     assert VectorQuantizerConfig(**old).rotation_trick is False
