@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,17 +18,14 @@ from typing import Any, Literal
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from stage1_tokenizer import VQVAE
-from vqgen.checkpointing import isolated_rng
-from vqgen.distributed import leave_after_distributed_run
-from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, exit_on, import_plugins, option,
+from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, import_plugins, option,
                        parse_arguments)
-from vqgen.data import DATA_ERRORS, DEFAULT_DATASET, class_names
+from vqgen.data import DEFAULT_DATASET, class_names
 from vqgen.image_grid import class_grid_labels, save_image_grid
-from vqgen.training import (add_training_args, check_training_args, finish_step, make_accelerator,
-                                       mean_finite_loss, model_state_dict, optimizer_step, prepare_training, stop_on_signals)
+from vqgen.training import add_training_args, check_training_args, make_accelerator, prepare_training
+from vqgen.training_loop import finish_training, run_script, train_loop
 
 from .architectures import ARCHITECTURES
 from .codes import DEFAULT_CACHE_DIR, encode_dataset
@@ -116,11 +110,14 @@ def evaluate(accelerator: Accelerator, prior: torch.nn.Module, loader: DataLoade
 
 @torch.no_grad()
 def write_samples(prior: torch.nn.Module, tokenizer: VQVAE, path: Path, num_classes: int, seed: int) -> Path:
+    """A grid of samples, a row per class on a conditional prior; `prior` is left in training mode."""
+    prior.eval()
     labels = class_grid_labels(num_classes)
     n = labels.shape[0] if labels is not None else 64
     generator = torch.Generator().manual_seed(seed)
     codes = sample_codes(prior, n, class_labels=labels, generator=generator,
                          guidance_scale=2.0 if num_classes else 1.0)
+    prior.train()
     return save_image_grid(tokenizer.detokenize(codes), path, nrow=8)
 
 
@@ -128,7 +125,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     accelerator = make_accelerator(args)
     output_dir = Path(args.output_dir)
-    log = accelerator.print
 
     tokenizer = VQVAE.from_pretrained(args.tokenizer).to(accelerator.device)
     spec = TokenizerSpec.from_tokenizer(tokenizer, args.tokenizer)
@@ -146,78 +142,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prior = build_prior(spec, names, **dataclasses.asdict(dataclass_from_arguments(PriorModelArguments, args)))
     vocab = prior_spec(prior).vocabulary
     pixels = spec.image_channels * spec.image_size**2
-    log(f"prior: {sum(p.numel() for p in prior.parameters()):,} parameters, vocabulary {vocab.size}, sequence "
+    accelerator.print(
+        f"prior: {sum(p.numel() for p in prior.parameters()):,} parameters, vocabulary {vocab.size}, sequence "
         f"1+{spec.num_codes}; {len(train_codes):,} train / {len(test_codes):,} test sequences; "
         f"{'classes ' + str(len(names)) if names else 'unconditional'}; {accelerator.num_processes} process(es)")
     state = prepare_training(accelerator, prior, train_codes, test_codes, args)
-    prior, step = state.model, state.step
-    unwrapped = accelerator.unwrap_model(prior)
+    prior, unwrapped = state.model, accelerator.unwrap_model(state.model)
+    tokens_seen = 0
 
-    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train prior")
-    evaluated_at = None
-    start, tokens_seen = time.time(), 0
-    prior.train()
-    for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
+    def compute_loss(batch: dict[str, torch.Tensor], step: int):
+        nonlocal tokens_seen
         # label dropout draws from a generator keyed by (seed, step, rank): a resumed run drops the same labels
         dropout_generator = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 1_009 + accelerator.process_index)
         labels = drop_labels(batch["label"], args.label_dropout, dropout_generator) if names else None
         ids = vocab.sequences(batch["codes"], labels)
-        with accelerator.accumulate(prior):
-            loss = prior(input_ids=ids, labels=ids).loss
-            optimizer_step(accelerator, state, loss, args.max_grad_norm)
         tokens_seen += (ids.shape[1] - 1) * ids.shape[0] * accelerator.num_processes
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        mean_loss = mean_finite_loss(accelerator, loss, step)
-        progress.update(1)
-        progress.set_postfix(loss=f"{mean_loss:.4f}")
-        if step % args.eval_steps == 0 or step == args.max_steps:
-            with isolated_rng(accelerator.device):
-                metrics, evaluated_at = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels), step
-            record = {"step": step, "train/nats_per_token": mean_loss,
-                      "train/tokens_per_second": round(tokens_seen / (time.time() - start), 1), **metrics}
-            if accelerator.is_main_process:
-                with (output_dir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            progress.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if args.sample_steps and step % args.sample_steps == 0 and accelerator.is_main_process:
-            unwrapped.eval()
-            with isolated_rng(accelerator.device):
-                write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
-                              vocab.num_classes, args.seed)
-            unwrapped.train()
-        if finish_step(accelerator, args, step, start, progress.write):
-            break
-    progress.close()
-    train_seconds = time.time() - start
+        return prior(input_ids=ids, labels=ids).loss, None
 
-    if evaluated_at != step:  # a run that stopped on time or signal; one that reached --max_steps just did
-        metrics = evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels)
-    summary: dict[str, Any] = {"tokenizer": args.tokenizer, "dataset": args.dataset, "steps": step, **metrics,
-                               "train_seconds": round(train_seconds, 1),
-                               "train_tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1),
-                               "processes_seen": accelerator.gather(torch.ones(1, device=accelerator.device)).shape[0]}
-    state_dict = model_state_dict(accelerator, prior)
-    if accelerator.is_main_process:
+    def samples(step: int, evaluated: bool) -> None:
+        if args.sample_steps and step % args.sample_steps == 0:
+            write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
+                          vocab.num_classes, args.seed)
+
+    result = train_loop(accelerator, args, state, compute_loss, hook=samples, desc="train prior",
+                        evaluate=lambda step: evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels),
+                        loss_name="train/nats_per_token",
+                        record_extras=lambda seconds: {"train/tokens_per_second": round(tokens_seen / seconds, 1)})
+
+    def save(state_dict: dict[str, torch.Tensor]) -> list[Path]:
         unwrapped.config.vqgen["training"] = {
-            "dataset": args.dataset, "steps": step, "seed": args.seed, "label_dropout": args.label_dropout,
-            "metrics": {k.removeprefix("test/"): v for k, v in metrics.items()},
+            "dataset": args.dataset, "steps": result.step, "seed": args.seed, "label_dropout": args.label_dropout,
+            "metrics": {k.removeprefix("test/"): v for k, v in result.metrics.items()},
         }
         save_prior(unwrapped, output_dir, state_dict=state_dict)
-        unwrapped.eval()
-        grid = write_samples(unwrapped, tokenizer, output_dir / "samples.png", vocab.num_classes, args.seed)
-        (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log(json.dumps(summary))
-        log(f"wrote {output_dir / 'model.safetensors'} and {grid}")
-        if args.push_to_hub:
-            log(f"pushed: {push_prior(unwrapped, args.hub_model_id, token=args.hub_token)}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+        return [output_dir / "model.safetensors",
+                write_samples(unwrapped, tokenizer, output_dir / "samples.png", vocab.num_classes, args.seed)]
+
+    summary = {"tokenizer": args.tokenizer, "dataset": args.dataset, **result.summary(),
+               "train_tokens_per_second": round(tokens_seen / max(result.seconds, 1e-9), 1)}
+    return finish_training(accelerator, args, prior, summary, save, push=lambda repo, token: push_prior(
+        unwrapped, repo, token=token))
 
 
 if __name__ == "__main__":
-    with stop_on_signals(), exit_on(*DATA_ERRORS):
-        main(sys.argv[1:])
-    leave_after_distributed_run()
+    run_script(main)

@@ -1,18 +1,14 @@
-"""What both training scripts (stage 1 and stage 2) share: options, set-up, the resumable step loop.
+"""What both training scripts (stage 1 and stage 2) share before the loop: options, the accelerator,
+optimiser and schedule, seeded loaders, resumption and the order of the data.
 
-Each script keeps its own model, batch-to-loss and evaluation; everything about optimisation,
-data order, checkpoints, resumption and time limits lives here once.
+The step loop itself, and how a run ends, is `vqgen.training_loop`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import pickle
-import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +22,7 @@ from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, send_to
 from torch.utils.data import DataLoader
 
 from .cli import add_dataclass_arguments, option
-from .checkpointing import find_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpointing import find_checkpoint
 from .distributed import keep_process_group_alive
 
 
@@ -231,108 +227,3 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary,
                          device=accelerator.device)
-
-
-def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor, max_grad_norm: float) -> None:
-    """Backward, clip, step and zero, inside `accelerator.accumulate` by the caller."""
-    accelerator.backward(loss)
-    if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(state.model.parameters(), max_grad_norm)
-    state.optimizer.step()
-    state.scheduler.step()
-    state.optimizer.zero_grad()
-
-
-def auxiliary_step(accelerator: Accelerator, state: TrainingState, auxiliary_loss, step: int, max_grad_norm: float) -> None:
-    """Step the auxiliary optimizers on their own loss, once per optimizer step (after `optimizer_step`).
-
-    `auxiliary_loss()` computes it from the last micro-batch; it must judge detached model outputs
-    (the model's graph is freed by then). What the model's backward left in the auxiliary
-    parameters (a discriminator's gradient of the generator's loss) is dropped first: it belongs to
-    the model's objective. Gradients are averaged over processes for every parameter (zeros where a
-    process has none), so every rank reaches the same collectives.
-    """
-    if not state.auxiliary or not accelerator.sync_gradients:
-        return
-    for module, _ in state.auxiliary:
-        module.zero_grad(set_to_none=True)
-    loss = auxiliary_loss()
-    if loss is None:
-        return
-    mean_finite_loss(accelerator, loss, step, what="auxiliary loss")
-    loss.backward()
-    for module, aux_optimizer in state.auxiliary:
-        for parameter in module.parameters():
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            if accelerator.num_processes > 1:
-                parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
-        aux_optimizer.step()
-        aux_optimizer.zero_grad()
-
-
-def model_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights as the model itself names them, on every process (a collective under
-    DeepSpeed/FSDP), without the `_orig_mod.` that compiled regions add to their keys."""
-    return {k.replace("._orig_mod", "").replace("_orig_mod.", ""): v for k, v in accelerator.get_state_dict(model).items()}
-
-
-def mean_finite_loss(accelerator: Accelerator, loss: torch.Tensor, step: int, what: str = "loss") -> float:
-    """The loss averaged over processes; a non-finite one stops every process with the step named."""
-    value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"{what} became {value} at step {step}; nothing was saved after the last checkpoint. Lower "
-            "--learning_rate or use --mixed_precision no, then resume with --resume_from_checkpoint latest."
-        )
-    return value
-
-
-class TrainingInterrupted(SystemExit):
-    """Raised after SIGTERM/SIGINT once a checkpoint is saved; exits the script with status 0."""
-
-
-_received_signal: int | None = None
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """While active, SIGTERM/SIGINT only set a flag: the step loop checkpoints at the next step and exits.
-
-    Installed by the scripts' entry points only, so in-process callers keep their own handlers.
-    """
-    def remember(signum: int, frame: object) -> None:
-        global _received_signal
-        _received_signal = signum
-
-    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def finish_step(accelerator: Accelerator, args: argparse.Namespace, step: int, start: float, log) -> bool:
-    """Checkpoint if due; True when the run should stop (max_steps or max_train_minutes reached).
-
-    After a stop signal on any process, every process saves a checkpoint and raises
-    `TrainingInterrupted`. The flags are reduced over processes so all of them take the same branch.
-    """
-    late = args.max_train_minutes is not None and time.time() - start > 60 * args.max_train_minutes
-    flags = torch.tensor([float(_received_signal is not None), float(late)], device=accelerator.device)
-    interrupted, late = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
-    if interrupted or (args.checkpointing_steps and step % args.checkpointing_steps == 0):
-        checkpoint = save_checkpoint(accelerator, args.output_dir, step)
-        if accelerator.is_main_process:
-            prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-    log = log if accelerator.is_main_process else (lambda message: None)
-    if interrupted:
-        log(f"stopped by a signal at step {step}: saved {checkpoint}; continue with --resume_from_checkpoint latest")
-        raise TrainingInterrupted(0)
-    if late:
-        log(f"stopping at step {step}: --max_train_minutes {args.max_train_minutes} reached")
-        return True
-    return step >= args.max_steps

@@ -1,0 +1,105 @@
+"""The stage-1 training command line: its options, gathered from every config dataclass, the checks
+across them, and the model they describe. `stage1_tokenizer.train` runs it; `stage1_tokenizer.presets`
+builds models from it to count their parameters."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, flag_name, import_plugins, option,
+                       parse_arguments)
+from vqgen.data import DEFAULT_DATASET, DataAugmentation
+from vqgen.training import add_training_args, check_training_args
+
+from . import CVAE, VAE, VQVAE, PretrainedModel
+from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
+from .losses import LOSSES
+from .presets import add_preset_argument
+from .quantizers import QUANTIZERS
+
+
+@dataclass
+class Stage1Arguments:
+    """What to train on what; the architecture, quantiser and loss options come from their own configs."""
+
+    model: Literal["vqvae", "vae", "cvae"] = option("vqvae", "which stage-1 model to train")
+    dataset: str = option(DEFAULT_DATASET, "'embedded' (5,000 MNIST digits shipped with the install), a folder of MNIST "
+                                           "IDX files, an imagefolder tree, or a Hub dataset id such as ylecun/mnist")
+    image_size: int | None = option(None, "resize images to this side (default: the dataset's)")
+    channels_in: int | None = option(None, "convert images to 1 or 3 channels", choices=lambda: [1, 3])
+    quantizer: str = option("vq", "the VQ-VAE's quantiser", choices=lambda: sorted(QUANTIZERS))
+    extra_losses: list[str] = option(default_factory=list, help="losses added to the model's own",
+                                     choices=lambda: sorted(LOSSES))
+    streaming: bool = option(False, "stream the dataset (a Hub id, or a folder of Parquet / WebDataset shards) instead "
+                                    "of indexing it: for data larger than the disk cache; needs --image_size and "
+                                    "--channels_in")
+    shuffle_buffer: int = option(10_000, "with --streaming: examples in the shuffle buffer (0: stream order)")
+    skip_bad_images: bool = option(False, "leave out unusable image files (empty, not an image, cut short), with a "
+                                          "warning naming them, instead of refusing the dataset")
+    binarize: bool = option(False, "dynamic binarisation: every batch (train and test) becomes x ~ Bernoulli(pixel); the "
+                                   "setting of the published MNIST likelihood tables (needs --likelihood bernoulli)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import_plugins(argv)
+    p = argparse.ArgumentParser(
+        prog="accelerate launch -m stage1_tokenizer.train",
+        description="Train a VQ-VAE tokenizer, or a VAE/CVAE baseline, on an image dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_training_args(p, output_dir="runs/stage1", batch_size=128, learning_rate=1e-3, weight_decay=0.0)
+    add_dataclass_arguments(p.add_argument_group("data and model"), Stage1Arguments)
+    add_dataclass_arguments(p.add_argument_group("data augmentation (training only)"), DataAugmentation)
+    geometry = ("image_size", "image_channels", "class_names")
+    base = tuple(f.name for f in dataclasses.fields(AutoencoderConfig))
+    add_dataclass_arguments(p.add_argument_group("architecture (shared encoder/decoder)"), AutoencoderConfig,
+                            exclude=geometry)
+    add_dataclass_arguments(p.add_argument_group("VQ-VAE"), VQVAEConfig, exclude=(*geometry, *base, "quantizer"))
+    for name, quantizer in QUANTIZERS.items():
+        add_dataclass_arguments(p.add_argument_group(f"quantizer {name}"), quantizer.config_class, exclude=("type",))
+    vae_only = ("binarized",)
+    add_dataclass_arguments(p.add_argument_group("VAE / CVAE"), CVAEConfig,
+                            exclude=(*geometry, *base, "num_classes", *vae_only))
+    for name, loss in LOSSES.items():
+        if dataclasses.fields(loss.config_class):
+            add_dataclass_arguments(p.add_argument_group(f"loss {name}"), loss.config_class)
+
+    add_preset_argument(p, argv)
+    args = parse_arguments(p, argv)
+    check_training_args(p, args)
+    check_stage1_args(p, args)
+    return args
+
+
+def check_stage1_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    # A VQ-VAE given the options of a quantiser it does not use would silently ignore them: refuse.
+    # (The VAE family has ignored the VQ options since vqgen 0.1, and still does.) Given means away from the
+    # parser's default, which a --preset sets: `--preset cifar10 --quantizer fsq` leaves its VQ options unused.
+    for name, quantizer in QUANTIZERS.items():
+        changed = [f"--{flag_name(f)}" for f in dataclasses.fields(quantizer.config_class)
+                   if f.name != "type" and getattr(args, flag_name(f)) != p.get_default(flag_name(f))]
+        if changed and args.model == "vqvae" and name != args.quantizer:
+            p.error(f"{', '.join(changed)} set(s) the {name!r} quantiser, but this run uses --quantizer {args.quantizer}")
+    if args.model != "vqvae" and args.quantizer != "vq":
+        p.error(f"--quantizer {args.quantizer} is for --model vqvae; a {args.model} has no quantiser")
+    for name in args.extra_losses:
+        if args.model not in LOSSES[name].models:
+            p.error(f"--extra_losses {name} applies to {sorted(LOSSES[name].models)}, not --model {args.model}")
+    if args.binarize and (args.model == "vqvae" or args.likelihood != "bernoulli"):
+        p.error("--binarize is for the VAE family with --likelihood bernoulli (a binary image needs a binary likelihood)")
+
+
+def build_model(args: argparse.Namespace, image_size: int, image_channels: int, names: list[str] | None) -> PretrainedModel:
+    geometry: dict[str, Any] = dict(image_size=image_size, image_channels=image_channels, class_names=names)
+    if args.model == "vqvae":
+        quantizer = dataclass_from_arguments(QUANTIZERS[args.quantizer].config_class, args)
+        return VQVAE(dataclass_from_arguments(VQVAEConfig, args, quantizer=quantizer, **geometry))
+    if args.model == "cvae":
+        if names is None:
+            raise SystemExit(f"--model cvae needs a labelled dataset; {args.dataset!r} has no labels.")
+        return CVAE(dataclass_from_arguments(CVAEConfig, args, num_classes=len(names), binarized=args.binarize,
+                                             **geometry))
+    return VAE(dataclass_from_arguments(VAEConfig, args, binarized=args.binarize, **geometry))
