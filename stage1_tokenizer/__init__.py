@@ -1,4 +1,11 @@
-"""Stage 1 of vqgen: image tokenizers (VQ-VAE) and the continuous VAE/CVAE baselines."""
+"""Stage 1 of vqgen: image tokenizers (VQ-VAE) and the continuous VAE/CVAE baselines.
+
+Owns: the stage-1 models and their configs, quantisers (QUANTIZERS: vq, fsq), training losses (LOSSES),
+encoder/decoder networks and their registry, presets, and `python -m stage1_tokenizer.train`. A tokenizer
+turns pixels into a grid of codes (`tokenize`) and back (`detokenize`).
+
+May import: vqgen (the core); never stage2_prior or pipelines (docs/architecture.md).
+"""
 
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
 from .outputs import AutoencoderOutput

@@ -1,4 +1,14 @@
-"""Stage 2 of vqgen: an autoregressive prior (a transformers causal LM) over a tokenizer's codes."""
+"""Stage 2 of vqgen: an autoregressive prior (a transformers causal LM) over a tokenizer's codes.
+
+Owns: building, saving and loading the prior (ARCHITECTURES: gpt2, llama), its vocabulary (codes, class
+tokens, null class), the cached code dataset, `sample_codes` with its decoding paths (eager with a
+preallocated cache, compiled with a static cache) and token choice, sequence scoring, and
+`python -m stage2_prior.train`.
+
+May import: vqgen (the core), and stage1_tokenizer only where training loads the tokenizer whose codes it
+learns; the rest knows a tokenizer only through its saved config and tokenize/detokenize. Never pipelines
+(docs/architecture.md).
+"""
 
 from .architectures import ARCHITECTURES, PriorSettings, register_architecture
 from .codes import encode_dataset
