@@ -9,10 +9,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, flag_name, import_plugins, option,
-                       parse_arguments)
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, flag_name, option
 from vqgen.data import DEFAULT_DATASET, DataAugmentation
-from vqgen.training import add_training_args, check_training_args
+from vqgen.training import parse_training_args, training_parser
 
 from . import CVAE, VAE, VQVAE, PretrainedModel
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
@@ -44,13 +43,8 @@ class Stage1Arguments:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    import_plugins(argv)
-    p = argparse.ArgumentParser(
-        prog="accelerate launch -m stage1_tokenizer.train",
-        description="Train a VQ-VAE tokenizer, or a VAE/CVAE baseline, on an image dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_training_args(p, output_dir="runs/stage1", batch_size=128, learning_rate=1e-3, weight_decay=0.0)
+    p = training_parser("stage1_tokenizer.train", "Train a VQ-VAE tokenizer, or a VAE/CVAE baseline, on an image dataset.",
+                        argv, output_dir="runs/stage1", batch_size=128, learning_rate=1e-3, weight_decay=0.0)
     add_dataclass_arguments(p.add_argument_group("data and model"), Stage1Arguments)
     add_dataclass_arguments(p.add_argument_group("data augmentation (training only)"), DataAugmentation)
     geometry = ("image_size", "image_channels", "class_names")
@@ -68,8 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             add_dataclass_arguments(p.add_argument_group(f"loss {name}"), loss.config_class)
 
     add_preset_argument(p, argv)
-    args = parse_arguments(p, argv)
-    check_training_args(p, args)
+    args = parse_training_args(p, argv)
     check_stage1_args(p, args)
     return args
 

@@ -20,11 +20,10 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from stage1_tokenizer import VQVAE
-from vqgen.cli import (add_dataclass_arguments, dataclass_from_arguments, import_plugins, option,
-                       parse_arguments)
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, option
 from vqgen.data import DEFAULT_DATASET, class_names
 from vqgen.image_grid import class_grid_labels, save_image_grid
-from vqgen.training import add_training_args, check_training_args, make_accelerator, prepare_training
+from vqgen.training import make_accelerator, parse_training_args, prepare_training, training_parser
 from vqgen.training_loop import finish_training, run_script, train_loop
 
 from .architectures import ARCHITECTURES
@@ -63,17 +62,11 @@ class PriorModelArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    import_plugins(argv)
-    p = argparse.ArgumentParser(
-        prog="accelerate launch -m stage2_prior.train",
-        description="Train an autoregressive prior (a transformers causal LM) over a VQ-VAE's codes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_training_args(p, output_dir="runs/prior", batch_size=64, learning_rate=5e-4, weight_decay=0.01)
+    p = training_parser("stage2_prior.train", "Train an autoregressive prior (a transformers causal LM) over a VQ-VAE's "
+                        "codes.", argv, output_dir="runs/prior", batch_size=64, learning_rate=5e-4, weight_decay=0.01)
     add_dataclass_arguments(p.add_argument_group("data"), PriorDataArguments)
     add_dataclass_arguments(p.add_argument_group("model"), PriorModelArguments)
-    args = parse_arguments(p, argv)
-    check_training_args(p, args)
+    args = parse_training_args(p, argv)
     if not args.tokenizer:
         p.error("--tokenizer is required: the folder or Hub id of a trained VQ-VAE (stage1_tokenizer.train)")
     if not 0 <= args.label_dropout < 1:

@@ -21,7 +21,7 @@ from accelerate.data_loader import skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 
-from .cli import add_dataclass_arguments, option
+from .cli import add_dataclass_arguments, import_plugins, option, parse_arguments
 from .checkpointing import find_checkpoint
 from .distributed import keep_process_group_alive
 
@@ -58,13 +58,20 @@ class TrainingArguments:
     hub_token: str | None = option(None, "Hub token (default: the logged-in one)")
 
 
-def add_training_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
-    """The options of `TrainingArguments`, with this script's `defaults`."""
+def training_parser(module: str, description: str, argv: list[str] | None, **defaults: Any) -> argparse.ArgumentParser:
+    """A training script's parser, holding the options of `TrainingArguments` with this script's `defaults`.
+    `--plugins` are imported first, so what they register is among the choices of the options added next."""
+    import_plugins(argv)
+    p = argparse.ArgumentParser(prog=f"accelerate launch -m {module}", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_arguments(p.add_argument_group("run, optimisation, evaluation, checkpoints, Hub"), TrainingArguments,
                             defaults=defaults)
+    return p
 
 
-def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def parse_training_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line (and any `--config` file), with what no run can do refused."""
+    args = parse_arguments(p, argv)
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (e.g. --hub_model_id user/vqvae-mnist)")
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
@@ -72,6 +79,7 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
             p.error(f"--{name} must be positive, got {getattr(args, name)}")
     if args.dataloader_num_workers < 0:
         p.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
+    return args
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
