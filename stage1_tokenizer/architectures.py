@@ -1,34 +1,43 @@
-"""The one place a config's `architecture` becomes an encoder and a decoder, for every stage-1 model."""
+"""The network registry: a config's `architecture` -> the encoder and decoder every stage-1 model builds.
+
+Adding a network is one file (an encoder and a decoder, each built as `cls(config, in_channels,
+out_channels)`, and the dataclass of any options only it reads) plus one line here. Its options become
+fields of `AutoencoderConfig`, and so flags of the training script; a config.json leaves out the options
+of the networks it does not use.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .configs import AutoencoderConfig
 from .networks import Decoder, Encoder
-from .vqgan_networks import VQGANDecoder, VQGANEncoder
+from .vqgan_networks import VQGANDecoder, VQGANEncoder, VQGANOptions
+
+if TYPE_CHECKING:
+    from .configs import AutoencoderConfig
 
 
-def _vqgan_options(config: AutoencoderConfig) -> dict[str, Any]:
-    return dict(image_size=config.image_size, channels=config.channels,
-                channel_multipliers=config.level_multipliers, num_res_blocks=config.num_res_blocks,
-                attention_resolutions=config.attention_resolutions, mid_attention=config.mid_attention,
-                gradient_checkpointing=config.gradient_checkpointing)
+@dataclass(frozen=True)
+class Network:
+    description: str  # the help of `--architecture`
+    encoder: type[nn.Module]  # `b in_channels H W -> b out_channels h w`, h = H / 2**num_downsamples
+    decoder: type[nn.Module]  # `b in_channels h w -> b out_channels H W`; has `last_layer_weight`
+    options: type | None = None  # a dataclass of the fields only this network reads; `validate(config)` checks them
+
+
+ARCHITECTURES: dict[str, Network] = {
+    "conv": Network("one width, residual blocks at the latent resolution (vqgen 0.1)", Encoder, Decoder),
+    "vqgan": Network("the taming / LlamaGen network (channel multipliers, residual blocks at every level, "
+                     "self-attention)", VQGANEncoder, VQGANDecoder, VQGANOptions),
+}
 
 
 def build_encoder(config: AutoencoderConfig, in_channels: int, out_channels: int) -> nn.Module:
-    """`b in_channels H W -> b out_channels h w`, h = H / 2**num_downsamples."""
-    if config.architecture == "vqgan":
-        return VQGANEncoder(in_channels, out_channels, **_vqgan_options(config))
-    return Encoder(in_channels, out_channels, channels=config.channels, num_downsamples=config.num_downsamples,
-                   num_res_blocks=config.num_res_blocks)
+    return ARCHITECTURES[config.architecture].encoder(config, in_channels, out_channels)
 
 
 def build_decoder(config: AutoencoderConfig, in_channels: int, out_channels: int) -> nn.Module:
-    """`b in_channels h w -> b out_channels H W`; has `last_layer_weight`, the final conv's weight."""
-    if config.architecture == "vqgan":
-        return VQGANDecoder(in_channels, out_channels, **_vqgan_options(config))
-    return Decoder(in_channels, out_channels, channels=config.channels, num_upsamples=config.num_downsamples,
-                   num_res_blocks=config.num_res_blocks)
+    return ARCHITECTURES[config.architecture].decoder(config, in_channels, out_channels)

@@ -8,12 +8,19 @@ from typing import Any, ClassVar, Literal
 
 from vqgen.fields import field_default, option
 
+from .architectures import ARCHITECTURES
 from .quantizers import QUANTIZERS, VectorQuantizerConfig, quantizer_config
 
 
+# vqgen 0.1's only network: what a config.json without `architecture` means.
+DEFAULT_ARCHITECTURE = "conv"
+# Every registered network's own options, mixed into the shared config (their fields come first).
+NETWORK_OPTIONS = tuple(network.options for network in ARCHITECTURES.values() if network.options is not None)
+
+
 @dataclass
-class AutoencoderConfig:
-    """The encoder/decoder and image geometry every stage-1 model shares."""
+class AutoencoderConfig(*NETWORK_OPTIONS):
+    """The encoder/decoder and image geometry every stage-1 model shares, and each network's own options."""
 
     image_size: int = option(28, "side of the (square) images")
     image_channels: int = option(1, "1 (grey) or 3 (RGB)")
@@ -21,22 +28,9 @@ class AutoencoderConfig:
     num_downsamples: int = option(2, "stride-2 stages: latent side = image side / 2**n")
     num_res_blocks: int = option(2, "residual blocks in encoder and in decoder")
     class_names: list[str] | None = option(None, "the dataset's class names")
-    architecture: Literal["conv", "vqgan"] = option(
-        "conv", "conv: one width, residual blocks at the latent resolution (vqgen 0.1); vqgan: the taming / "
-                "LlamaGen network (channel multipliers, residual blocks at every level, self-attention)")
-    channel_multipliers: list[int] = option(
-        default_factory=list, help="vqgan: width channels * m of each of the num_downsamples + 1 levels, highest "
-                                   "resolution first (none given: channels at every level)")
-    attention_resolutions: list[int] = option(
-        default_factory=list, help="vqgan: feature-map sides with self-attention after every residual block")
-    mid_attention: bool = option(True, "vqgan: self-attention in the middle block (res-attn-res)")
-    gradient_checkpointing: bool = option(False, "vqgan: recompute block activations in the backward pass (less "
-                                                 "memory, ~1/3 more compute); training only")
-
-    # Unknown to vqgen 0.1, which refuses unknown fields: a conv config.json leaves them out, so what 0.1 wrote
-    # and what 0.1 can read stay the same files.
-    VQGAN_FIELDS: ClassVar[tuple[str, ...]] = (
-        "architecture", "channel_multipliers", "attention_resolutions", "mid_attention", "gradient_checkpointing")
+    architecture: str = option(DEFAULT_ARCHITECTURE, "; ".join(f"{name}: {network.description}"
+                                                               for name, network in ARCHITECTURES.items()),
+                               choices=lambda: sorted(ARCHITECTURES))
 
     def __post_init__(self) -> None:
         factor = 2**self.num_downsamples
@@ -47,44 +41,33 @@ class AutoencoderConfig:
             )
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, got {self.image_channels}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}")
         # Lists, whatever sequence was passed, so a config equals itself after a JSON round trip.
-        self.channel_multipliers = list(self.channel_multipliers)
-        self.attention_resolutions = list(self.attention_resolutions)
-        if self.architecture == "vqgan":
-            self._check_vqgan()
-        elif self.architecture == "conv":
-            changed = [f.name for f in dataclasses.fields(AutoencoderConfig)
-                       if f.name in self.VQGAN_FIELDS and getattr(self, f.name) != field_default(f)]
-            if changed:
-                raise ValueError(f"{changed} apply to architecture 'vqgan'; the conv network would ignore them")
-        else:
-            raise ValueError(f"architecture must be 'conv' or 'vqgan', got {self.architecture!r}")
-
-    def _check_vqgan(self) -> None:
-        levels = self.num_downsamples + 1
-        if self.channel_multipliers and len(self.channel_multipliers) != levels:
-            raise ValueError(
-                f"channel_multipliers {self.channel_multipliers} has {len(self.channel_multipliers)} entries, but "
-                f"num_downsamples {self.num_downsamples} makes {levels} levels: give one multiplier per level"
-            )
-        if any(m < 1 for m in self.channel_multipliers):
-            raise ValueError(f"channel_multipliers must be positive, got {self.channel_multipliers}")
-        sides = [self.image_size // 2**i for i in range(levels)]
-        missing = [r for r in self.attention_resolutions if r not in sides]
-        if missing:
-            raise ValueError(f"attention_resolutions {missing} are not feature-map sides of this network {sides}")
-
-    @property
-    def level_multipliers(self) -> list[int]:
-        """vqgan: the width multiplier of each level, highest resolution first (1 everywhere when none given)."""
-        return self.channel_multipliers or [1] * (self.num_downsamples + 1)
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), tuple):
+                setattr(self, f.name, list(getattr(self, f.name)))
+        for name, network in ARCHITECTURES.items():
+            if network.options is None:
+                continue
+            if name == self.architecture:
+                network.options.validate(self)
+            elif changed := [f.name for f in dataclasses.fields(network.options)
+                             if getattr(self, f.name) != field_default(f)]:
+                raise ValueError(f"{changed} apply to architecture {name!r}; the {self.architecture} network "
+                                 "would ignore them")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields config.json holds: all of them, less the vqgan ones for the conv network (see VQGAN_FIELDS)."""
+        """The fields config.json holds: all of them, less the options of the networks this config does not use,
+        and `architecture` itself when it is the default. vqgen 0.1 refuses unknown fields: so what it
+        wrote and what it can read stay the same files."""
         data = dataclasses.asdict(self)
-        if self.architecture == "conv":
-            for name in self.VQGAN_FIELDS:
-                del data[name]
+        for name, network in ARCHITECTURES.items():
+            if name != self.architecture and network.options is not None:
+                for f in dataclasses.fields(network.options):
+                    del data[f.name]
+        if self.architecture == DEFAULT_ARCHITECTURE:
+            del data["architecture"]
         return data
 
     @property

@@ -2,13 +2,19 @@
 
 Their module names and initialisation order are what every saved conv model's weights were written
 against: change neither. The models differ only in what sits between encoder and decoder (a quantiser,
-a Gaussian posterior, label conditioning); `architectures.py` picks this network or the VQGAN one.
+a Gaussian posterior, label conditioning); `architectures.py` picks this network or another by name.
+Its options are the config's shared ones (channels, num_downsamples, num_res_blocks): none of its own.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .configs import AutoencoderConfig
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -37,20 +43,13 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     """`b in_channels H W -> b out_channels (H / 2**num_downsamples) (W / 2**num_downsamples)`."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        channels: int = 64,
-        num_downsamples: int = 2,
-        num_res_blocks: int = 2,
-    ) -> None:
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        channels = config.channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
-        for _ in range(num_downsamples):
+        for _ in range(config.num_downsamples):
             layers += [nn.SiLU(), nn.Conv2d(channels, channels, 4, stride=2, padding=1)]
-        layers += [ResBlock(channels) for _ in range(num_res_blocks)]
+        layers += [ResBlock(channels) for _ in range(config.num_res_blocks)]
         layers += [group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -59,21 +58,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """`b in_channels h w -> b out_channels (h * 2**num_upsamples) (w * 2**num_upsamples)`."""
+    """`b in_channels h w -> b out_channels (h * 2**num_downsamples) (w * 2**num_downsamples)`."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        channels: int = 64,
-        num_upsamples: int = 2,
-        num_res_blocks: int = 2,
-    ) -> None:
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        channels = config.channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
-        layers += [ResBlock(channels) for _ in range(num_res_blocks)]
-        for _ in range(num_upsamples):
+        layers += [ResBlock(channels) for _ in range(config.num_res_blocks)]
+        for _ in range(config.num_downsamples):
             layers += [nn.SiLU(), nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)]
         layers += [group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)

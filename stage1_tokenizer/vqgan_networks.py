@@ -2,8 +2,8 @@
 
 Levels from the highest resolution down, each at `channels * channel_multipliers[i]` channels with
 residual blocks, single-head self-attention at the chosen feature-map sides, a res-attn-res middle block
-at the lowest resolution, GroupNorm and SiLU throughout. `len(channel_multipliers) - 1` stride-2 stages
-give a downsampling factor of 2 ** (levels - 1).
+at the lowest resolution, GroupNorm and SiLU throughout. `num_downsamples` stride-2 stages make
+`num_downsamples + 1` levels.
 
 Unlike LlamaGen there is no separate `z_channels` width with 1x1 `quant_conv` / `post_quant_conv`: the
 final 3x3 conv writes the latent channels directly (and the decoder's first conv reads them). With no
@@ -13,7 +13,8 @@ networks can express are the same, for ~2 M fewer parameters at the VQ-16 size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,45 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vqgen.fields import option
+
 from .networks import group_norm
+
+if TYPE_CHECKING:
+    from .configs import AutoencoderConfig
+
+
+@dataclass
+class VQGANOptions:
+    """The options only this network reads; they are fields of every stage-1 config (see architectures.py)."""
+
+    channel_multipliers: list[int] = option(
+        default_factory=list, help="vqgan: width channels * m of each of the num_downsamples + 1 levels, highest "
+                                   "resolution first (none given: channels at every level)")
+    attention_resolutions: list[int] = option(
+        default_factory=list, help="vqgan: feature-map sides with self-attention after every residual block")
+    mid_attention: bool = option(True, "vqgan: self-attention in the middle block (res-attn-res)")
+    gradient_checkpointing: bool = option(False, "vqgan: recompute block activations in the backward pass (less "
+                                                 "memory, ~1/3 more compute); training only")
+
+    def validate(self: AutoencoderConfig) -> None:
+        levels = self.num_downsamples + 1
+        if self.channel_multipliers and len(self.channel_multipliers) != levels:
+            raise ValueError(
+                f"channel_multipliers {self.channel_multipliers} has {len(self.channel_multipliers)} entries, but "
+                f"num_downsamples {self.num_downsamples} makes {levels} levels: give one multiplier per level"
+            )
+        if any(m < 1 for m in self.channel_multipliers):
+            raise ValueError(f"channel_multipliers must be positive, got {self.channel_multipliers}")
+        sides = [self.image_size // 2**i for i in range(levels)]
+        missing = [r for r in self.attention_resolutions if r not in sides]
+        if missing:
+            raise ValueError(f"attention_resolutions {missing} are not feature-map sides of this network {sides}")
+
+    @property
+    def level_multipliers(self: AutoencoderConfig) -> list[int]:
+        """The width multiplier of each level, highest resolution first (1 everywhere when none given)."""
+        return self.channel_multipliers or [1] * (self.num_downsamples + 1)
 
 
 class ResnetBlock(nn.Module):
@@ -107,39 +146,27 @@ def _middle(channels: int, attention: bool) -> nn.Sequential:
 
 
 class VQGANEncoder(_CheckpointedStack):
-    """`b in_channels H W -> b out_channels H/f W/f`, `f = 2 ** (len(channel_multipliers) - 1)`.
+    """`b in_channels H W -> b out_channels H/f W/f`, `f = 2 ** num_downsamples`.
 
     `attention_resolutions` are feature-map sides (e.g. 16 for 256² images at f = 16): every residual
-    block of a level at that side is followed by self-attention. `image_size` is needed to know which.
+    block of a level at that side is followed by self-attention.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        image_size: int,
-        channels: int = 128,
-        channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4),
-        num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] = (16,),
-        mid_attention: bool = True,
-        gradient_checkpointing: bool = False,
-    ) -> None:
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.gradient_checkpointing = gradient_checkpointing
-        widths = [channels * m for m in channel_multipliers]
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.gradient_checkpointing = config.gradient_checkpointing
+        widths = [config.channels * m for m in config.level_multipliers]
+        self.conv_in = nn.Conv2d(in_channels, config.channels, 3, padding=1)
         blocks: list[nn.Module] = []
-        c, side = channels, image_size
+        c, side = config.channels, config.image_size
         for level, width in enumerate(widths):
-            blocks += _level_blocks(c, width, num_res_blocks, side in attention_resolutions)
+            blocks += _level_blocks(c, width, config.num_res_blocks, side in config.attention_resolutions)
             c = width
             if level < len(widths) - 1:
                 blocks.append(Downsample(c))
                 side //= 2
         self.blocks = nn.ModuleList(blocks)
-        self.middle = _middle(c, mid_attention)
+        self.middle = _middle(c, config.mid_attention)
         self.norm_out = group_norm(c)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
@@ -151,34 +178,22 @@ class VQGANEncoder(_CheckpointedStack):
 
 
 class VQGANDecoder(_CheckpointedStack):
-    """`b in_channels h w -> b out_channels h*f w*f`, `f = 2 ** (len(channel_multipliers) - 1)`.
+    """`b in_channels h w -> b out_channels h*f w*f`, `f = 2 ** num_downsamples`.
 
     The mirror of `VQGANEncoder` with, as in taming-transformers and LlamaGen, one more residual block
-    per level (`num_res_blocks + 1`). `image_size` is the side of the images it writes.
+    per level (`num_res_blocks + 1`); it writes images of the config's `image_size`.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        image_size: int,
-        channels: int = 128,
-        channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4),
-        num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] = (16,),
-        mid_attention: bool = True,
-        gradient_checkpointing: bool = False,
-    ) -> None:
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.gradient_checkpointing = gradient_checkpointing
-        widths = [channels * m for m in channel_multipliers]
-        c, side = widths[-1], image_size // 2 ** (len(widths) - 1)
+        self.gradient_checkpointing = config.gradient_checkpointing
+        widths = [config.channels * m for m in config.level_multipliers]
+        c, side = widths[-1], config.image_size // 2 ** (len(widths) - 1)
         self.conv_in = nn.Conv2d(in_channels, c, 3, padding=1)
-        self.middle = _middle(c, mid_attention)
+        self.middle = _middle(c, config.mid_attention)
         blocks: list[nn.Module] = []
         for level in reversed(range(len(widths))):
-            blocks += _level_blocks(c, widths[level], num_res_blocks + 1, side in attention_resolutions)
+            blocks += _level_blocks(c, widths[level], config.num_res_blocks + 1, side in config.attention_resolutions)
             c = widths[level]
             if level > 0:
                 blocks.append(Upsample(c))
