@@ -1,8 +1,8 @@
-"""Every ```python example of README.md runs as written, after a (tiny) quickstart.
+"""Every ```python example of README.md and of the docs pages runs as written, after a (tiny) quickstart.
 
 A module fixture runs `python -m pipelines.quickstart` and the two `stage1_tokenizer.train` commands
-the README gives for `runs/vae` and `runs/cvae`, at tiny sizes, in a temporary folder. The README's
-Python blocks then run in order, concatenated, in one fresh process whose working directory is that
+docs/sampling.md gives for `runs/vae` and `runs/cvae`, at tiny sizes, in a temporary folder. The Python
+blocks of README.md, then of DOC_PAGES, run in order, concatenated, in one fresh process whose working directory is that
 folder (so `runs/quickstart/...` resolves as it does for a user), with the Hub double of
 tests/hub_server.py standing in for the Hub (the examples call `push_to_hub("user/...")`).
 """
@@ -21,6 +21,7 @@ from hub_server import start_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOC_PAGES = [ROOT / "docs" / name for name in ("training.md", "sampling.md", "evaluation.md")]
 PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 QUICKSTART = ["-m", "pipelines.quickstart", "--output_dir", "runs/quickstart", "--tokenizer_steps", "1",
@@ -31,8 +32,13 @@ TINY_STAGE1 = ["--channels", "8", "--num_res_blocks", "1", "--latent_dim", "4", 
                "--warmup_steps", "0", "--max_steps", "2", "--eval_steps", "2", "--checkpointing_steps", "0"]
 
 
+def python_blocks(page: Path) -> list[str]:
+    return [m.group(1) for m in PYTHON_BLOCK.finditer(page.read_text(encoding="utf-8"))]
+
+
 def readme_python_blocks() -> list[str]:
-    return [m.group(1) for m in PYTHON_BLOCK.finditer(README.read_text(encoding="utf-8"))]
+    """The README's blocks, then the docs pages' (which assume the README's have run)."""
+    return [block for page in (README, *DOC_PAGES) for block in python_blocks(page)]
 
 
 def base_env(tmp: Path) -> dict[str, str]:
@@ -62,8 +68,8 @@ def quickstart_dir(tmp_path_factory) -> Path:
     return tmp
 
 
-def test_readme_has_python_examples():
-    assert len(readme_python_blocks()) >= 3
+def test_readme_and_docs_have_python_examples():
+    assert len(python_blocks(README)) >= 1 and all(python_blocks(page) for page in DOC_PAGES)
 
 
 def test_readme_python_examples_run_as_written(quickstart_dir):
