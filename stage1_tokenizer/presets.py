@@ -1,8 +1,8 @@
 """Named starting points of `stage1_tokenizer.train --preset NAME`, as LlamaGen names its tokenizer sizes.
 
-A preset is a set of defaults for the training script's options: a flag on the command line, or a value in
-`--config FILE`, overrides it. `python -m stage1_tokenizer.presets` prints each with the parameter count of
-the model it builds.
+A preset is plain data: a description and a set of defaults for the training script's options (a flag on the
+command line, or a value in `--config FILE`, overrides it). Every preset is a VQ-VAE tokenizer.
+`python -m stage1_tokenizer.presets` prints each with the parameter count of the model it builds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from typing import Any
 
 import torch
 
-from vqgen.cli import read_config_file
+from vqgen.cli import dataclass_from_arguments, read_config_file
+
+from .configs import VQVAEConfig
+from .quantizers import QUANTIZERS
+from .vqvae import VQVAE
 
 
 @dataclass(frozen=True)
@@ -112,14 +116,21 @@ def add_preset_argument(parser: argparse.ArgumentParser, argv: list[str] | None)
     parser.set_defaults(**options)
 
 
+def preset_config(name: str) -> VQVAEConfig:
+    """The config of the tokenizer `train --preset name` builds, at the preset's image size and channels (the
+    config's defaults, the 28² grey digits of the default dataset, where it sets none)."""
+    options = PRESETS[name].options
+    values = argparse.Namespace(**options)
+    quantizer = QUANTIZERS[options.get("quantizer") or VQVAEConfig().quantizer.type].config_class
+    geometry = {"image_channels": options["channels_in"]} if "channels_in" in options else {}
+    return dataclass_from_arguments(VQVAEConfig, values, quantizer=dataclass_from_arguments(quantizer, values),
+                                    **geometry)
+
+
 def parameter_count(name: str) -> int:
     """Parameters of the model `train --preset name` builds (on the meta device: nothing is allocated)."""
-    from .train import build_model, parse_args  # not at the top: train imports this module for --preset
-
-    args = parse_args(["--preset", name])
     with torch.device("meta"):
-        # A preset without an image size trains on the default dataset, the 28² grey digits.
-        model = build_model(args, args.image_size or 28, args.channels_in or 1, None)
+        model = VQVAE(preset_config(name))
     return sum(p.numel() for p in model.parameters())
 
 

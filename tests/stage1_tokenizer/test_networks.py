@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stage1_tokenizer import CVAE, VAE, VQVAE, VQVAEConfig, load_pretrained
-from stage1_tokenizer.presets import PRESETS, Preset, parameter_count
+from stage1_tokenizer.presets import PRESETS, Preset, parameter_count, preset_config
 from stage1_tokenizer.train import build_model, parse_args
 from stage1_tokenizer.vqgan_networks import AttentionBlock, ResnetBlock, VQGANDecoder, VQGANOptions
 
@@ -199,6 +199,13 @@ def test_parameter_counts_of_the_presets():
     assert parameter_count("mnist") == sum(p.numel() for p in VQVAE().parameters())
     assert 2e6 <= parameter_count("cifar10") <= 8e6
     assert parse_args(["--preset", "cifar10-fsq"]).fsq_levels == [8, 5, 5, 5]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_presets_config_is_the_one_the_training_script_builds(name):
+    """`python -m stage1_tokenizer.presets` builds from the configs, not through the training script: the same model."""
+    model, _ = preset_model(name, device="meta")
+    assert preset_config(name) == model.config
 
 
 def test_flags_override_a_preset_and_the_rest_of_it_stays():
