@@ -4,7 +4,6 @@
     python benchmarks/sampling_speed.py --sizes mnist --repeats 3 --compile            # add the compiled path
     python benchmarks/sampling_speed.py --sizes 256px --batch_size 1 --compile --profile \
         --skip "dynamic cache" "static cache"                 # on a GPU: where the fastest path's time goes
-    python benchmarks/sampling_speed.py --matmuls --skip "dynamic cache" "static cache"   # CPU: the step's GEMMs
 
 Sizes (random weights: speed does not depend on them):
   mnist   the MNIST prior of `stage2_prior.train`'s defaults: GPT-2, 6 layers x 256, 7x7 = 49 codes, K = 512
@@ -21,7 +20,6 @@ position) divided by the bandwidth of a large device-to-device copy measured in 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -59,9 +57,6 @@ def parse_args() -> argparse.Namespace:
                    help="weights' dtype (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--profile", action="store_true",
                    help="profile one call of the fastest of our paths (torch.profiler): where its time goes")
-    p.add_argument("--matmuls", action="store_true",
-                   help="CPU: also time one step's matrix products (every weight of the prior once, at the batch's "
-                        "rows) with MKL's addmm, oneDNN, and oneDNN on packed weights")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None)
     return p.parse_args()
@@ -107,8 +102,7 @@ def random_prior(size: str, device: torch.device, dtype: torch.dtype = torch.flo
 
 def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype, *, repeats: int = 5,
             top_k: int = 100, compile: bool = False, uncached: bool = False,
-            bandwidth: float | None = None, skip: tuple[str, ...] = (), profile: bool = False,
-            matmuls: bool = False) -> dict:
+            bandwidth: float | None = None, skip: tuple[str, ...] = (), profile: bool = False) -> dict:
     """Every path at one size and batch: tokens/s, speed-up over `generate`, and (with `bandwidth`,
     bytes/s) the share of the memory-bandwidth floor."""
     s = SIZES[size]
@@ -168,48 +162,11 @@ def measure(size: str, batch_size: int, device: torch.device, dtype: torch.dtype
             row["percent_of_bandwidth_floor"] = 100 * bytes_per_step(prior, b, n) / bandwidth * n / row["seconds"]
     report = {"parameters": sum(p.numel() for p in prior.parameters()), "codes": n, "batch_size": b,
               "paths": rows | failed}
-    if matmuls and device.type == "cpu":
-        report["matmuls"] = matmul_rates(prior, b, repeats)
     if profile:
         ours_fastest = min((name for name in rows if name not in ("transformers generate", "no cache")),
                            key=lambda name: rows[name]["seconds"])
         report["profile"] = profiled(ours_fastest, paths[ours_fastest], device, tokens=b * n, steps=n)
     return report
-
-
-def matmul_rates(prior: torch.nn.Module, rows: int, repeats: int) -> dict:
-    """GFLOP/s of one decoding step's matrix products (each weight once, so weights come from memory as in a
-    step, not from a warm cache) on each CPU route: what `onednn_matmuls` buys the compiled step."""
-    from transformers.pytorch_utils import Conv1D
-
-    from stage2_prior import onednn_matmuls
-
-    layers = [(m.weight.detach(), None if m.bias is None else m.bias.detach(), isinstance(m, Conv1D))
-              for m in prior.modules() if isinstance(m, (Conv1D, torch.nn.Linear))]
-    inputs = [torch.randn(rows, w.shape[0] if in_out else w.shape[1]) for w, _, in_out in layers]
-    flops = sum(2 * x.numel() * (w.shape[1] if in_out else w.shape[0]) for x, (w, _, in_out) in zip(inputs, layers))
-
-    def mkl():  # F.linear on a transposed `k n` weight is Conv1D's addmm(b, x, w)
-        for x, (w, b, in_out) in zip(inputs, layers):
-            torch.nn.functional.linear(x, w.t() if in_out else w, b)
-
-    def onednn():
-        for x, (w, b, in_out) in zip(inputs, layers):
-            onednn_matmuls.onednn_linear(x, w, b, in_out)
-
-    routes = {"MKL addmm (eager, and inductor's default)": (mkl, False), "oneDNN": (onednn, False),
-              "oneDNN, packed weights": (onednn, True)}
-    times: dict[str, list[float]] = {name: [] for name in routes}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name, (run, packed) in routes.items():
-            with onednn_matmuls.packing_scope() if packed else contextlib.nullcontext():
-                if packed:
-                    run()  # packs, as a decoding run's first step does
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-    return {"rows": rows, "matrices": len(layers),
-            "GFLOP_per_s": {name: flops / statistics.median(ts[1:]) / 1e9 for name, ts in times.items()}}
 
 
 def profiled(name: str, run, device: torch.device, tokens: int, steps: int, top: int = 15) -> dict:
@@ -248,7 +205,7 @@ def main() -> None:
     for size in args.sizes:
         rows = measure(size, args.batch_size, device, dtype, repeats=args.repeats, top_k=args.top_k,
                        compile=args.compile, uncached=args.uncached, bandwidth=bandwidth, skip=tuple(args.skip),
-                       profile=args.profile, matmuls=args.matmuls)
+                       profile=args.profile)
         report["sizes"][size] = rows
         print(size, {k: round(v["speedup_vs_generate"], 2) if "error" not in v else v["error"]
                      for k, v in rows["paths"].items()}, file=sys.stderr)
