@@ -87,11 +87,10 @@ class AdversarialLoss(TrainingLoss):
     config_class = AdversarialOptions
     weighs_against_others = True
 
-    def __init__(self, discriminator: nn.Module, gan_loss: str = "hinge", weight: float = 0.5, start_step: int = 0,
-                 learning_rate: float | None = None) -> None:
+    def __init__(self, discriminator: nn.Module, config: AdversarialOptions) -> None:
         super().__init__()
-        self.discriminator = discriminator
-        self.gan_loss, self.weight, self.start_step, self.learning_rate = gan_loss, weight, start_step, learning_rate
+        self.discriminator, self.config = discriminator, config
+        self.learning_rate = config.discriminator_learning_rate
 
     @classmethod
     def from_model(cls, model: nn.Module, config: Any) -> AdversarialLoss:
@@ -99,15 +98,14 @@ class AdversarialLoss(TrainingLoss):
             raise LossConfigurationError("--discriminator_start_step and --adversarial_weight must be >= 0")
         discriminator = PatchDiscriminator(model.config.image_channels, config.discriminator_channels,
                                            config.discriminator_layers)
-        return cls(discriminator, config.gan_loss, config.adversarial_weight, config.discriminator_start_step,
-                   config.discriminator_learning_rate)
+        return cls(discriminator, config)
 
     def forward(self, output: AutoencoderOutput, images: torch.Tensor, step: int,
                 others: torch.Tensor | None = None) -> LossTerms:
-        if step < self.start_step:
+        if step < self.config.discriminator_start_step:
             return LossTerms(torch.zeros((), device=images.device), {})
         logits_fake = self.discriminator(output.reconstruction)
-        g_loss = generator_loss(logits_fake, self.gan_loss)
+        g_loss = generator_loss(logits_fake, self.config.gan_loss)
         if torch.is_grad_enabled():
             if others is None or output.last_layer is None:
                 raise ValueError("the adversarial loss needs the rest of the objective (build it with build_loss) "
@@ -117,15 +115,15 @@ class AdversarialLoss(TrainingLoss):
             weight = torch.zeros((), device=g_loss.device)
         with torch.no_grad():  # the discriminator's own view, for the logs; it is trained in auxiliary_loss
             logits_real = self.discriminator(images)
-            d_loss = discriminator_loss(logits_real, logits_fake, self.gan_loss)
-        return LossTerms(self.weight * weight * g_loss, {
+            d_loss = discriminator_loss(logits_real, logits_fake, self.config.gan_loss)
+        return LossTerms(self.config.adversarial_weight * weight * g_loss, {
             "g_loss": g_loss.detach(), "adaptive_weight": weight, "d_loss": d_loss,
             "logits_real": logits_real.mean(), "logits_fake": logits_fake.detach().mean(),
         })
 
     def auxiliary_loss(self, output: AutoencoderOutput, images: torch.Tensor, step: int) -> torch.Tensor | None:
-        if step < self.start_step:
+        if step < self.config.discriminator_start_step:
             return None
         logits_real = self.discriminator(images)
         logits_fake = self.discriminator(output.reconstruction.detach())
-        return discriminator_loss(logits_real, logits_fake, self.gan_loss)
+        return discriminator_loss(logits_real, logits_fake, self.config.gan_loss)

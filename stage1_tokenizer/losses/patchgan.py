@@ -27,7 +27,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 class PatchDiscriminator(nn.Module):
     """`b c h w` images in [0, 1] -> `b 1 h' w'` patch logits (real > 0 > fake once trained)."""
 
-    def __init__(self, in_channels: int, channels: int = 64, num_layers: int = 3) -> None:
+    def __init__(self, in_channels: int, channels: int, num_layers: int) -> None:
         super().__init__()
         widths = [channels * min(2 ** n, 8) for n in range(num_layers + 1)]
         # The first layer has no normalisation (as in pix2pix): it would erase the input's own contrast.

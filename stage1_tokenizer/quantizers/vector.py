@@ -150,7 +150,8 @@ def rotate_onto(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return scale * rotated
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = KMEANS_ITERS, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(x: torch.Tensor, k: int, iters: int = KMEANS_ITERS,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ seeding on `n d` vectors; returns (`k d` centroids, `k` cluster sizes)."""
     # k-means++: each new seed is drawn with probability proportional to its squared distance to the
     # nearest seed so far, which keeps two seeds from starting in one cluster.
@@ -343,10 +344,11 @@ class VectorQuantizer(Quantizer):
         rank therefore reaches the same broadcast every step, and the random stream advances by the
         same amount every step (a resumed run draws the same indices).
         """
-        dead = self.cluster_size < self.config.dead_code_threshold  # identical on every rank: all-reduced counts
+        threshold = self.config.dead_code_threshold
+        dead = self.cluster_size < threshold  # identical on every rank: all-reduced counts
         idx = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
         candidates = broadcast_(flat[idx])
-        self.cluster_size.masked_fill_(dead, self.config.dead_code_threshold)
+        self.cluster_size.masked_fill_(dead, threshold)
         if self.config.ema_decay is not None:
-            self.embed_sum.copy_(torch.where(dead[:, None], candidates * self.config.dead_code_threshold, self.embed_sum))
+            self.embed_sum.copy_(torch.where(dead[:, None], candidates * threshold, self.embed_sum))
         return torch.where(dead[:, None], candidates, codebook)

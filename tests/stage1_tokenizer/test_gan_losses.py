@@ -73,14 +73,14 @@ class _Decoder(nn.Module):
         return AutoencoderOutput(reconstruction=r, decoded=r, last_layer=self.weight)
 
 
-def _adversarial(start_step: int = 0, gan_loss: str = "hinge", weight: float = 0.5) -> AdversarialLoss:
+def _adversarial(**options) -> AdversarialLoss:
     torch.manual_seed(0)
-    return AdversarialLoss(PatchDiscriminator(1, channels=8, num_layers=2), gan_loss, weight, start_step)
+    return AdversarialLoss(PatchDiscriminator(1, channels=8, num_layers=2), AdversarialOptions(**options))
 
 
 def test_the_adversarial_term_is_weight_times_adaptive_weight_times_the_generator_loss():
     decoder, images = _Decoder(), torch.rand(2, 1, 16, 16)
-    loss = _adversarial(weight=0.5)
+    loss = _adversarial(adversarial_weight=0.5)
     out = decoder(torch.randn(2, 1, 16, 16))
     rec = (out.reconstruction - images).pow(2).mean()
     terms = loss(out, images, step=0, others=rec)
@@ -99,7 +99,7 @@ def test_the_adversarial_term_is_weight_times_adaptive_weight_times_the_generato
 
 def test_before_the_start_step_no_adversarial_term_and_no_discriminator_update():
     decoder, images = _Decoder(), torch.rand(2, 1, 16, 16)
-    loss = _adversarial(start_step=3)
+    loss = _adversarial(discriminator_start_step=3)
     for step in (0, 2):
         out = decoder(torch.randn(2, 1, 16, 16))
         terms = loss(out, images, step, others=(out.reconstruction - images).pow(2).mean())
