@@ -16,7 +16,7 @@ class ELBOLoss(TrainingLoss):
     name = "elbo"
     models = ("vae", "cvae")
 
-    def __init__(self, kl_weight: float = 1.0, likelihood: str = "bernoulli", gaussian_std: float = 0.1) -> None:
+    def __init__(self, kl_weight: float, likelihood: str, gaussian_std: float) -> None:
         super().__init__()
         self.kl_weight, self.likelihood, self.gaussian_std = kl_weight, likelihood, gaussian_std
 

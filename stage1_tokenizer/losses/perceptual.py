@@ -179,7 +179,7 @@ class LPIPSLoss(TrainingLoss):
     name = "lpips"
     config_class = LPIPSOptions
 
-    def __init__(self, network: LPIPS, weight: float = 1.0) -> None:
+    def __init__(self, network: LPIPS, weight: float) -> None:
         super().__init__()
         self.network, self.weight = network, weight
 
