@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from stage1_tokenizer import CVAE, VAE, VQVAE, VQVAEConfig, load_pretrained
+from stage1_tokenizer.architectures import ARCHITECTURES, Network
 from stage1_tokenizer.presets import PRESETS, Preset, parameter_count, preset_config
 from stage1_tokenizer.train import build_model, parse_args
 from stage1_tokenizer.vqgan_networks import AttentionBlock, ResnetBlock, VQGANDecoder, VQGANOptions
@@ -165,6 +166,46 @@ def test_a_conv_config_json_holds_exactly_the_fields_vqgen_0_1_wrote(tmp_path, k
 def test_bad_architecture_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         VQVAEConfig(**options)
+
+
+class _PixelEncoder(torch.nn.Module):
+    """A network in one file: average-pool by 2**num_downsamples, then a 1x1 conv."""
+
+    def __init__(self, config, in_channels, out_channels):
+        super().__init__()
+        self.pool = torch.nn.AvgPool2d(2**config.num_downsamples)
+        self.proj = torch.nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        return self.proj(self.pool(x))
+
+
+class _PixelDecoder(torch.nn.Module):
+    def __init__(self, config, in_channels, out_channels):
+        super().__init__()
+        self.up = torch.nn.Upsample(scale_factor=2**config.num_downsamples)
+        self.proj = torch.nn.Conv2d(in_channels, out_channels, 1)
+
+    @property
+    def last_layer_weight(self):
+        return self.proj.weight
+
+    def forward(self, z):
+        return self.proj(self.up(z))
+
+
+def test_a_network_is_one_registry_line_away(monkeypatch, tmp_path):
+    monkeypatch.setitem(ARCHITECTURES, "pixel", Network("pool and 1x1 convs", _PixelEncoder, _PixelDecoder))
+    model = VQVAE(architecture="pixel", codebook_size=16, code_dim=4)
+    assert isinstance(model.encoder, _PixelEncoder) and isinstance(model.decoder, _PixelDecoder)
+    assert model(torch.rand(2, 1, 28, 28)).decoded.shape == (2, 1, 28, 28)
+    assert tiny("vae", architecture="pixel")(torch.rand(2, 1, 28, 28)).decoded.shape == (2, 1, 28, 28)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architecture"] == "pixel"
+    assert load_pretrained(tmp_path).config == model.config
+    assert parse_args(["--architecture", "pixel"]).architecture == "pixel"  # the flag's choices are the registry's
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        VQVAEConfig(architecture="unet")
 
 
 # -- presets ----------------------------------------------------------------------------------------------

@@ -18,6 +18,16 @@ def make_quantizer(k: int = 16, d: int = 4, **options) -> VectorQuantizer:
     return vq(k, d, **options)
 
 
+@pytest.mark.parametrize("options, message", [
+    (dict(ema_decay=1.0), "ema_decay must be in"), (dict(ema_decay=-0.5), "ema_decay must be in"),
+    (dict(codebook_init="zeros"), "codebook_init must be"),
+])
+def test_the_config_refuses_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        VectorQuantizerConfig(**options)
+    assert VectorQuantizerConfig(ema_decay=0).ema_decay is None  # the command line's "learn by gradient"
+
+
 def test_squared_distances_match_brute_force():
     torch.manual_seed(0)
     x, e = torch.randn(300, 8), torch.randn(40, 8)
