@@ -7,6 +7,7 @@ turns pixels into a grid of codes (`tokenize`) and back (`detokenize`).
 May import: vqgen (the core); never stage2_prior or pipelines (docs/architecture.md).
 """
 
+from .architectures import ARCHITECTURES
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
 from .outputs import AutoencoderOutput
 from .posterior import GaussianPosterior
@@ -23,7 +24,7 @@ def load_pretrained(name_or_path: str, **kwargs) -> PretrainedModel:
 
 
 __all__ = [
-    "AutoencoderConfig", "AutoencoderOutput", "CVAE", "CVAEConfig", "FSQConfig", "FiniteScalarQuantizer",
+    "ARCHITECTURES", "AutoencoderConfig", "AutoencoderOutput", "CVAE", "CVAEConfig", "FSQConfig", "FiniteScalarQuantizer",
     "GaussianPosterior", "LOSSES", "LossTerms", "ModelLoadError", "PretrainedModel", "QUANTIZERS", "Quantizer",
     "TrainingLoss", "VAE", "VAEConfig", "VQVAE", "VQVAEConfig", "VectorQuantizer", "VectorQuantizerConfig",
     "build_loss", "codebook_usage", "load_pretrained",
