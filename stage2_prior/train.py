@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary = {"tokenizer": args.tokenizer, "dataset": args.dataset, **result.summary(),
                "train_tokens_per_second": round(tokens_seen / max(result.seconds, 1e-9), 1)}
-    return finish_training(accelerator, args, prior, summary, save, push=lambda repo, token: push_prior(
-        unwrapped, repo, token=token))
+    return finish_training(accelerator, args, prior, summary, save,
+                           push=lambda repo, token: push_prior(unwrapped, repo, token=token))
 
 
 if __name__ == "__main__":
