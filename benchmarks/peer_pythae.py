@@ -331,11 +331,9 @@ class PythaeVAEAdapter(nn.Module):
         """Decode the posterior mean; images in [0, 1]."""
         return self.decode(self.encode(images).mean)
 
-    def sampling_settings(self, *, temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None, guidance_scale: float | None = None,
-                          conditional: bool = False) -> SamplingSettings:
-        return gaussian_latent_settings("pythae VAE", temperature=temperature, top_k=top_k, top_p=top_p,
-                                        guidance_scale=guidance_scale)
+    def sampling_settings(self, sampling: SamplingSettings | None = None, *, conditional: bool = False,
+                          **kwargs) -> SamplingSettings:
+        return gaussian_latent_settings("pythae VAE", sampling, **kwargs)
 
     @torch.no_grad()
     def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from transformers import PreTrainedModel
@@ -27,7 +27,6 @@ from transformers import PreTrainedModel
 from stage1_tokenizer import VQVAE
 from stage2_prior import check_compatible, load_prior, sample_codes, save_prior
 from stage2_prior.prior import PriorSpec
-from stage2_prior.sampling import check_sampling_args
 from vqgen.atomic_io import atomic_write_text
 from vqgen.image_grid import class_grid_labels, save_image_grid
 from vqgen.pretrained import (
@@ -37,13 +36,13 @@ from vqgen.pretrained import (
     read_versioned_json,
     resolve_model_folder,
 )
-from vqgen.sampling_settings import SamplingSettings
+from vqgen.sampling_settings import SETTING_NAMES, SamplingKwargs, SamplingSettings
 
 from .labels import Labels
 from .sampling import Images, OutputType, sample
 
 PIPELINE_CONFIG_NAME = "pipeline_config.json"
-PIPELINE_FORMAT_VERSION = 1
+PIPELINE_FORMAT_VERSION = 2  # 2: the sampling settings in one sub-dict
 SAMPLES_NAME = "samples.png"
 
 
@@ -54,11 +53,12 @@ class PipelineConfig:
     class_names: list[str] | None = None
     image_size: int = 28
     image_channels: int = 1
-    guidance_scale: float = 1.0
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     evaluation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampling, SamplingSettings):
+            raise TypeError(f"sampling must be a SamplingSettings, got {type(self.sampling).__name__}")
 
 
 class TwoStagePipeline:
@@ -85,7 +85,7 @@ class TwoStagePipeline:
                 image_size=tokenizer.config.image_size,
                 image_channels=tokenizer.config.image_channels,
                 # class-conditional priors are trained with label dropout, so guidance is available
-                guidance_scale=2.0 if self.spec.class_names else 1.0,
+                sampling=SamplingSettings(guidance_scale=2.0 if self.spec.class_names else 1.0),
             )
         if config.class_names != self.spec.class_names:
             raise ValueError(
@@ -125,52 +125,41 @@ class TwoStagePipeline:
         self,
         num_samples: int = 1,
         class_labels: Labels = None,
-        guidance_scale: float | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        *,
+        sampling: SamplingSettings | None = None,
         seed: int | None = None,
         batch_size: int = 64,
         output_type: OutputType = "pil",
         device: str | torch.device | None = None,
         progress: bool = True,
+        **kwargs: Unpack[SamplingKwargs],
     ) -> Images:
         """Sample `num_samples` images; the arguments are those of `pipelines.generate`.
 
-        None for a sampling setting takes this pipeline's default (`self.config`); the default
-        guidance applies only with `class_labels`. Sample i comes from seed (seed, i).
+        `sampling` None takes this pipeline's defaults (`self.config.sampling`), whose guidance applies
+        only with `class_labels`; keyword settings take the place of its fields. Sample i comes from seed (seed, i).
         """
-        return sample(self, num_samples, class_labels, guidance_scale=guidance_scale, temperature=temperature,
-                      top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size, output_type=output_type,
-                      device=device, progress=progress)
+        return sample(self, num_samples, class_labels, sampling=sampling, seed=seed, batch_size=batch_size,
+                      output_type=output_type, device=device, progress=progress, **kwargs)
 
-    def sampling_settings(self, *, temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None, guidance_scale: float | None = None,
-                          conditional: bool = False) -> SamplingSettings:
-        """The pipeline's defaults where an argument is None; settings the prior refuses raise here."""
-        cfg = self.config
-        settings = SamplingSettings(
-            temperature=cfg.temperature if temperature is None else temperature,
-            top_k=cfg.top_k if top_k is None else top_k,
-            top_p=cfg.top_p if top_p is None else top_p,
-            # the default guidance applies only when there is a class to guide towards
-            guidance_scale=guidance_scale if guidance_scale is not None else (cfg.guidance_scale if conditional else 1.0),
-        )
+    def sampling_settings(self, sampling: SamplingSettings | None = None, *, conditional: bool = False,
+                          **kwargs: Unpack[SamplingKwargs]) -> SamplingSettings:
+        """`sampling` (None: the pipeline's defaults) with the keyword settings in place; what the prior refuses raises."""
+        defaults = self.config.sampling
+        if not conditional:  # the default guidance applies only when there is a class to guide towards
+            defaults = dataclasses.replace(defaults, guidance_scale=1.0)
+        settings = SamplingSettings.resolve(sampling, defaults, **kwargs)
         if settings.guidance_scale != 1.0 and self.num_classes and not conditional:
             raise ValueError("guidance_scale != 1 needs class_labels to guide towards; pass class_labels, "
                              "or guidance_scale=1.0 for unconditional samples.")
-        check_sampling_args(1, self.spec.tokenizer.codebook_size, temperature=settings.temperature,
-                            top_k=settings.top_k, top_p=settings.top_p, guidance_scale=settings.guidance_scale,
-                            conditional=self.num_classes > 0)
-        return settings
+        return settings.check_for(codebook_size=self.spec.tokenizer.codebook_size, conditional=self.num_classes > 0)
 
     @torch.no_grad()
     def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
                      settings: SamplingSettings) -> torch.Tensor:
         """One image per generator, `b c h w` in [0, 1]: the prior draws a code grid, the tokenizer decodes it."""
-        codes = sample_codes(self.prior, len(generators), class_labels=labels, temperature=settings.temperature,
-                             top_k=settings.top_k, top_p=settings.top_p, guidance_scale=settings.guidance_scale,
-                             generator=generators, compile=self.compile_prior)
+        codes = sample_codes(self.prior, len(generators), settings, class_labels=labels, generator=generators,
+                             compile=self.compile_prior)
         return self.tokenizer.detokenize(codes.to(self.tokenizer.device))
 
     @torch.no_grad()
@@ -188,11 +177,14 @@ class TwoStagePipeline:
     def from_parts(cls, tokenizer: str | os.PathLike, prior: str | os.PathLike, **config: Any) -> TwoStagePipeline:
         """Load a tokenizer and a prior (folders or Hub ids) and check that they match.
 
-        `config` overrides fields of the default `PipelineConfig` (e.g. `guidance_scale=3.0`).
+        `config` overrides fields of the default `PipelineConfig` (e.g. `sampling=SamplingSettings(...)`);
+        a sampling setting given by name (e.g. `guidance_scale=3.0`) overrides that field of its `sampling`.
         """
         pipe = cls(VQVAE.from_pretrained(tokenizer), load_prior(prior))
         if config:
-            pipe = cls(pipe.tokenizer, pipe.prior, dataclasses.replace(pipe.config, **config))
+            settings = {name: config.pop(name) for name in SETTING_NAMES if name in config}
+            sampling = SamplingSettings.resolve(config.pop("sampling", None), pipe.config.sampling, **settings)
+            pipe = cls(pipe.tokenizer, pipe.prior, dataclasses.replace(pipe.config, sampling=sampling, **config))
         return pipe
 
     @classmethod
@@ -231,7 +223,7 @@ class TwoStagePipeline:
                                  commit_message="Upload vqgen two-stage pipeline")
 
     def model_card(self, with_samples: bool = True) -> str:
-        spec, cfg = self.spec, self.config
+        spec, cfg, s = self.spec, self.config, self.config.sampling
         (h, w), size = spec.tokenizer.grid_shape, cfg.image_size
         classes = ", ".join(cfg.class_names) if cfg.class_names else "none (unconditional)"
         return model_card(
@@ -245,8 +237,8 @@ class TwoStagePipeline:
             usage=("from pipelines import TwoStagePipeline\n"
                    "pipe = TwoStagePipeline.from_pretrained(\"<this folder or repo id>\")\n"
                    "images = pipe(num_samples=16, seed=0)  # or pipelines.generate(\"<this folder or repo id>\", ...)"),
-            sections={"Default sampling": f"Guidance scale {cfg.guidance_scale}, temperature {cfg.temperature}, "
-                                          f"top-k {cfg.top_k}, top-p {cfg.top_p}."},
+            sections={"Default sampling": f"Guidance scale {s.guidance_scale}, temperature {s.temperature}, "
+                                          f"top-k {s.top_k}, top-p {s.top_p}."},
             metrics={**{f"tokenizer {k}": v for k, v in self.tokenizer.card_data.get("metrics", {}).items()},
                      **{f"prior {k}": v for k, v in spec.training.get("metrics", {}).items()},
                      **cfg.evaluation},
@@ -255,7 +247,11 @@ class TwoStagePipeline:
 
 
 def read_pipeline_config(path: Path) -> PipelineConfig:
-    """`pipeline_config.json`, its format version checked, its fields matched strictly."""
+    """`pipeline_config.json`, its format version checked, its fields matched strictly. Version 1 (vqgen 0.1)
+    kept the sampling settings as top-level keys; version 2 keeps them in a `sampling` sub-dict."""
     data = read_versioned_json(path, PIPELINE_FORMAT_VERSION)
-    data.pop("format_version")
+    if data.pop("format_version") < 2:
+        data["sampling"] = {name: data.pop(name) for name in SETTING_NAMES if name in data}
+    if isinstance(data.get("sampling"), dict):
+        data["sampling"] = config_from_dict(SamplingSettings, data["sampling"], source=f"{path} (sampling)")
     return config_from_dict(PipelineConfig, data, source=str(path))

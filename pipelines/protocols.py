@@ -19,11 +19,11 @@ Images are float `b c H W` in [0, 1] throughout.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 import torch
 
-from vqgen.sampling_settings import SamplingSettings
+from vqgen.sampling_settings import SamplingKwargs, SamplingSettings
 
 
 class Labelled(Protocol):
@@ -68,10 +68,9 @@ class ImageSampler(Labelled, Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def sampling_settings(self, *, temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None, guidance_scale: float | None = None,
-                          conditional: bool = False) -> SamplingSettings:
-        """The user's settings checked and completed with the model's defaults (None: default).
+    def sampling_settings(self, sampling: SamplingSettings | None = None, *, conditional: bool = False,
+                          **kwargs: Unpack[SamplingKwargs]) -> SamplingSettings:
+        """The user's settings (`SamplingSettings.resolve`) completed with the model's defaults and checked.
 
         `conditional`: whether the samples will have class labels. Refuses what does not apply,
         before any work.

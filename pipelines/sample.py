@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from vqgen.atomic_io import atomic_write_bytes, atomic_write_text
 from vqgen.distributed import leave_after_distributed_run
+from vqgen.sampling_settings import add_sampling_arguments, sampling_kwargs
 
 from .npz_writer import NpzWriter
 from vqgen.image_grid import save_image_grid
@@ -61,11 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="class ids or names: one for all samples, or cycled over the samples (e.g. 0 1 2 ... 9)")
     p.add_argument("--seed", type=int, default=0, help="sample i is drawn with seed (seed, i)")
     p.add_argument("--batch_size", type=int, default=64, help="samples per shard and per forward pass")
-    p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the pipeline's)")
-    p.add_argument("--top_k", type=int, default=None, help="keep the k most likely codes")
-    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass")
-    p.add_argument("--guidance_scale", type=float, default=None,
-                   help="classifier-free guidance (default: the pipeline's, when classes are given)")
+    add_sampling_arguments(p)
     p.add_argument("--compile_prior", choices=["auto", "yes", "no"], default="auto",
                    help="compile the prior's one-token step (auto: on CUDA, where it is 8-10x faster after ~15-25 s of "
                         f"compilation, and on a CPU for jobs of {CPU_COMPILE_MIN_BATCHES}+ batches, where it is "
@@ -151,8 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     model = load_model(args.model, generative=True)
     labels = resolve_labels(model, cycled_labels(args.class_labels, args.num_samples), args.num_samples)
-    settings = model.sampling_settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                       guidance_scale=args.guidance_scale, conditional=labels is not None)
+    settings = model.sampling_settings(conditional=labels is not None, **sampling_kwargs(args))
     if args.compile_prior != "auto" and not hasattr(model, "compile_prior"):
         raise SystemExit(f"error: --compile_prior applies to a two-stage pipeline's prior; {args.model} is a "
                          f"{model.model_type}")

@@ -8,14 +8,14 @@ its own generator seeded from (seed, i), so batching never changes an image.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Unpack
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vqgen.sampling_settings import SamplingSettings
+from vqgen.sampling_settings import SamplingKwargs, SamplingSettings
 from vqgen.validation import is_integer
 
 from .labels import Labels, resolve_labels
@@ -70,15 +70,13 @@ def sample(
     num_samples: int = 1,
     class_labels: Labels = None,
     *,
-    guidance_scale: float | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    sampling: SamplingSettings | None = None,
     seed: int | None = None,
     batch_size: int = 64,
     output_type: OutputType = "pil",
     device: str | torch.device | None = None,
     progress: bool = True,
+    **kwargs: Unpack[SamplingKwargs],
 ) -> Images:
     """`num_samples` images from `model`; every argument is refused before any work if it does not apply.
 
@@ -86,8 +84,7 @@ def sample(
     """
     check_request(num_samples, batch_size, output_type, seed, device)
     labels = resolve_labels(model, class_labels, num_samples)
-    settings = model.sampling_settings(temperature=temperature, top_k=top_k, top_p=top_p,
-                                       guidance_scale=guidance_scale, conditional=labels is not None)
+    settings = model.sampling_settings(sampling, conditional=labels is not None, **kwargs)
     seed = random_seed() if seed is None else seed
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -146,12 +146,10 @@ class VAE(Autoencoder):
         posterior = self.encode(images, labels)
         return posterior.kl() - self.log_likelihood(self.decode_logits(posterior.mean, labels), images)
 
-    def sampling_settings(self, *, temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None, guidance_scale: float | None = None,
-                          conditional: bool = False) -> SamplingSettings:
+    def sampling_settings(self, sampling: SamplingSettings | None = None, *, conditional: bool = False,
+                          **kwargs: Any) -> SamplingSettings:
         """Only `temperature` (the standard deviation of z) applies; a prior's knobs are refused."""
-        return gaussian_latent_settings(type(self).__name__, temperature=temperature, top_k=top_k, top_p=top_p,
-                                        guidance_scale=guidance_scale)
+        return gaussian_latent_settings(type(self).__name__, sampling, **kwargs)
 
     @torch.no_grad()
     def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],

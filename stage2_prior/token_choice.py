@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vqgen.sampling_settings import SamplingSettings
+
 from .randomness import uniforms
 
 
@@ -68,19 +70,18 @@ def draw(logits: torch.Tensor, keys: torch.Tensor, position: int | torch.Tensor)
 
 @dataclass(frozen=True)
 class TokenChoice:
-    """How `sample_codes` turns the logits of one step into tokens. With guidance the logits' batch is
-    `2b`: the conditional rows, then their unconditional twins."""
+    """How `sample_codes` turns the logits of one step into tokens: `settings` applied to the first
+    `codebook_size` logits. With guidance the logits' batch is `2b`: the conditional rows, then their
+    unconditional twins."""
 
     codebook_size: int
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    guidance_scale: float = 1.0
+    settings: SamplingSettings = SamplingSettings()
 
     def __call__(self, logits: torch.Tensor, keys: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """`b' v'` logits (special tokens included) -> `b` codes for code `position`."""
+        s = self.settings
         step_logits = logits[:, : self.codebook_size].float()  # special tokens are never sampled
-        if self.guidance_scale != 1.0:
+        if s.guidance_scale != 1.0:
             cond, uncond = step_logits.chunk(2)
-            step_logits = uncond + self.guidance_scale * (cond - uncond)
-        return draw(filter_logits(step_logits, self.temperature, self.top_k, self.top_p), keys, position)
+            step_logits = uncond + s.guidance_scale * (cond - uncond)
+        return draw(filter_logits(step_logits, s.temperature, s.top_k, s.top_p), keys, position)

@@ -18,8 +18,8 @@ import stage2_prior
 from stage1_tokenizer import VQVAE
 from vqgen.data import load_image_dataset
 from stage1_tokenizer.quantizers import VectorQuantizer, VectorQuantizerConfig
-from stage2_prior.sampling import check_sampling_args
 from stage2_prior.token_choice import filter_logits
+from vqgen.sampling_settings import SamplingSettings
 
 # database=None: no .hypothesis/ folder left in the checkout
 FAST = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,12 +163,12 @@ def test_sample_codes_valid_or_value_error(temperature, top_k, top_p, guidance_s
     event("valid" if valid else "invalid")
     kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
 
-    # the checker alone agrees with the documented rules
-    if valid:
-        check_sampling_args(num_samples, 16, conditional=True, **kwargs)
+    # the settings alone (built, then checked against a 16-code conditional prior) agree with the documented rules
+    if _valid(1, temperature, top_k, top_p):
+        SamplingSettings(**kwargs).check_for(codebook_size=16, conditional=True)
     else:
         with pytest.raises(ValueError):
-            check_sampling_args(num_samples, 16, conditional=True, **kwargs)
+            SamplingSettings(**kwargs).check_for(codebook_size=16, conditional=True)
 
     labels = [0] * num_samples if num_samples > 0 else None
     if not valid:

@@ -161,7 +161,8 @@ def test_saved_layout_round_trip_gives_identical_samples(pipe, saved_pipeline):
     assert {"config.json", "model.safetensors"} <= {p.name for p in (folder / "tokenizer").iterdir()}
     assert {"config.json", "model.safetensors"} <= {p.name for p in (folder / "prior").iterdir()}
     config = json.loads((folder / "pipeline_config.json").read_text())
-    assert config["class_names"] == DIGITS and config["image_size"] == 28 and config["guidance_scale"] == 2.0
+    assert config["class_names"] == DIGITS and config["image_size"] == 28
+    assert config["sampling"] == {"guidance_scale": 2.0, "temperature": 1.0, "top_k": None, "top_p": None}
     assert "![samples](samples.png)" in (folder / "README.md").read_text()
     with Image.open(folder / "samples.png") as grid:
         assert grid.size[0] > 8 * 28
@@ -178,7 +179,7 @@ def test_from_parts_checks_that_the_halves_match(tmp_path, pipe):
 
     save_prior(pipe.prior, tmp_path / "prior")
     again = TwoStagePipeline.from_parts(tmp_path / "tok", tmp_path / "prior", guidance_scale=3.5)
-    assert again.config.guidance_scale == 3.5 and again.class_names == DIGITS
+    assert again.config.sampling.guidance_scale == 3.5 and again.class_names == DIGITS
     tiny_tokenizer(codebook_size=32).save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="does not match the prior"):
         TwoStagePipeline.from_parts(tmp_path / "other", tmp_path / "prior")
@@ -299,7 +300,7 @@ def test_quickstart_chains_both_trainings_and_prints_the_images(tmp_path, capsys
     with Image.open(tmp_path / "pipeline" / "samples.png") as grid:
         assert grid.size[1] > 10 * 28  # one row per digit class
     pipe = TwoStagePipeline.from_pretrained(tmp_path / "pipeline")
-    assert pipe.class_names == DIGITS and pipe.config.guidance_scale == 2.0
+    assert pipe.class_names == DIGITS and pipe.config.sampling.guidance_scale == 2.0
     assert summary["prior_test_bits_per_pixel_dim"] > 0 and 0 < summary["codebook_usage"] <= 1
 
 
