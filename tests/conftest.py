@@ -1,4 +1,5 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,18 @@ def fashion_dir() -> Path:
     if not (path / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real Fashion-MNIST IDX files not found in {path} (set VQGEN_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_process(request, monkeypatch):
+    """A test not marked `integration` may neither launch a process nor compile: what keeps the unit run fast."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} {what}: mark it @pytest.mark.integration")
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("launches a process"))
+    monkeypatch.setattr(torch, "compile", refuse("compiles"))

@@ -72,6 +72,7 @@ def test_readme_and_docs_have_python_examples():
     assert len(python_blocks(README)) >= 1 and all(python_blocks(page) for page in DOC_PAGES)
 
 
+@pytest.mark.integration
 def test_readme_python_examples_run_as_written(quickstart_dir):
     blocks = readme_python_blocks()
     # each block announces itself on stderr, so a failure names its block and the count proves they all ran

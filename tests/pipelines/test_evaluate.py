@@ -155,6 +155,7 @@ def run(model, classifier_dir, **kwargs):
 
 
 @pytest.mark.parametrize("name", ["pipeline", "vae", "cvae"])
+@pytest.mark.integration
 def test_evaluate_reports_every_section_that_applies(name, classifier_dir):
     result = run(family(name), classifier_dir)
     json.dumps(result, allow_nan=False)  # strict JSON: no inf or NaN anywhere

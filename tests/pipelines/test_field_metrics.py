@@ -197,6 +197,7 @@ def test_a_file_that_is_not_inception_weights_is_refused(tmp_path):
 
 
 # -- in-house feature space: rFD, accuracy beside every figure ------------------------------------------
+@pytest.mark.integration
 def test_evaluate_reports_rfd_and_the_classifier_accuracy_beside_its_figures(tmp_path):
     torch.manual_seed(0)
     folder = FeatureClassifier(FeatureClassifierConfig(test_accuracy=0.9731, dataset="embedded")).save(tmp_path / "clf")
@@ -251,6 +252,7 @@ def test_classifier_cache_holds_the_split_exactly(tmp_path):
     assert sorted(seen.tolist()) == sorted(cache.labels.tolist())  # one epoch: every image once
 
 
+@pytest.mark.integration
 def test_classifier_command_trains_and_records_its_test_accuracy(tmp_path):
     result = classifier_main(["--dataset", "embedded", "--out", str(tmp_path / "clf"), "--epochs", "1"])
     config = json.loads((tmp_path / "clf" / "config.json").read_text())
@@ -258,6 +260,7 @@ def test_classifier_command_trains_and_records_its_test_accuracy(tmp_path):
     assert FeatureClassifier.load(tmp_path / "clf").config.width == 32
 
 
+@pytest.mark.integration
 def test_classifier_command_is_installed(tmp_path):
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

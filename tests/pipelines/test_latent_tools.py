@@ -79,6 +79,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 # -- interpolate ---------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_interpolation_ends_at_the_reconstructions_and_moves_in_between(vae, held_out_digits):
     x, _ = held_out_digits
     out = lt.interpolate(vae, x[0], x[1:2], steps=5)
@@ -337,6 +338,7 @@ def test_cli_anomaly_prints_the_roc_auc(saved, run, tmp_path):
     assert png_size(out) == (600, 400)
 
 
+@pytest.mark.integration
 def test_cli_help():
     top = subprocess.run([sys.executable, "-m", "pipelines.latent", "--help"], capture_output=True, text=True, check=True)
     for command in ("interpolate", "traverse", "anomaly", "augment", "edit", "latent-map", "scatter"):

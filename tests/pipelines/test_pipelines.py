@@ -229,6 +229,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         generate(str(tmp_path / "no" / "such" / "model"), num_samples=1)
 
 
+@pytest.mark.integration
 def test_sampling_script_resumes_without_redoing_shards(tmp_path, saved_pipeline):
     args = ["--model", str(saved_pipeline), "--num_samples", "10", "--batch_size", "4", "--class_labels", "0", "1", "2",
             "--seed", "1", "--out", str(tmp_path / "s")]
@@ -265,6 +266,7 @@ def test_the_sampling_script_compiles_the_prior_on_a_cpu_for_a_long_job_whatever
     assert decision(long_job, "--compile_prior", "no") is False and decision(1, "--compile_prior", "yes") is True
 
 
+@pytest.mark.integration
 def test_two_processes_sample_the_same_set_as_one(tmp_path, saved_pipeline):
     common = ["--model", str(saved_pipeline), "--num_samples", "9", "--batch_size", "2", "--class_labels", "4", "--seed", "2"]
     sample_main([*common, "--out", str(tmp_path / "one")])
@@ -278,6 +280,7 @@ def test_two_processes_sample_the_same_set_as_one(tmp_path, saved_pipeline):
     assert (tmp_path / "two" / "samples.png").is_file()
 
 
+@pytest.mark.integration
 def test_sample_script_help():
     result = subprocess.run([sys.executable, "-m", "pipelines.sample", "--help"], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
@@ -288,6 +291,7 @@ def test_public_names():
     assert pipelines.generate is generate and pipelines.TwoStagePipeline is TwoStagePipeline
 
 
+@pytest.mark.integration
 def test_quickstart_chains_both_trainings_and_prints_the_images(tmp_path, capsys):
     from pipelines.quickstart import main as quickstart
 
@@ -304,6 +308,7 @@ def test_quickstart_chains_both_trainings_and_prints_the_images(tmp_path, capsys
     assert summary["prior_test_bits_per_pixel_dim"] > 0 and 0 < summary["codebook_usage"] <= 1
 
 
+@pytest.mark.integration
 def test_sampling_killed_half_way_resumes_without_redoing_or_duplicating_shards(tmp_path, saved_pipeline):
     import time
 

@@ -77,6 +77,7 @@ def test_fsq_tokenizer_round_trip_save_and_load(tmp_path):
     assert torch.equal(loaded.tokenize(x), codes)
 
 
+@pytest.mark.integration
 def test_fsq_trained_under_two_processes_then_a_prior_and_generate(tmp_path):
     import pipelines
     from stage2_prior import load_prior

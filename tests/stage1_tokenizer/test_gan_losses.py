@@ -169,6 +169,7 @@ def test_gan_training_resumes_bit_identically_and_keeps_the_discriminator_out_of
     assert set(saved) == set(VQVAE(channels=8, num_res_blocks=1, codebook_size=32, code_dim=4).state_dict())
 
 
+@pytest.mark.integration
 def test_gan_training_under_two_processes_agrees_and_resumes(tmp_path):
     common = ["stage1_tokenizer.train", "--model", "vqvae", "--max_train_samples", "512", "--output_dir", str(tmp_path),
               "--checkpointing_steps", "2", "--discriminator_start_step", "1", "--gan_loss", "non_saturating", *TINY]
@@ -287,6 +288,7 @@ def test_lpips_weights_that_are_not_vgg16_are_a_clear_error(tmp_path):
         LPIPS.from_file(tmp_path / "pickled.pth")
 
 
+@pytest.mark.integration
 def test_lpips_without_weights_is_one_clear_error_from_the_command_line(tmp_path):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty_torch_home"), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "stage1_tokenizer.train", "--extra_losses", "lpips", "--max_steps", "1",

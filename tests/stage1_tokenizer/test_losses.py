@@ -57,6 +57,7 @@ def test_a_loss_with_its_own_optimizer_is_checkpointed_and_resumes_bit_identical
     assert set(saved) == set(VQVAE(channels=8, num_res_blocks=1, codebook_size=32, code_dim=4).state_dict())
 
 
+@pytest.mark.integration
 def test_a_loss_with_its_own_optimizer_under_two_processes_and_gradient_accumulation(tmp_path):
     result = launch_two_cpu_processes(
         "stage1_tokenizer.train", "--model", "vqvae", "--plugins", "tests.toy_critic_plugin", "--extra_losses",

@@ -309,6 +309,7 @@ def _compiled_against_eager(backend: str, l2_normalize: bool, monkeypatch, steps
 
 @pytest.mark.parametrize("rotation_trick", [False, True])
 @pytest.mark.parametrize("l2_normalize", [False, True])
+@pytest.mark.integration
 def test_compiled_training_steps_match_eager_ones(l2_normalize, rotation_trick, monkeypatch):
     # aot_eager traces the whole step (dynamo + AOT autograd, buffer mutations functionalised) without
     # inductor's code generation; the inductor test below checks the generated code too (~15-20 s on 2 CPU cores).
@@ -316,6 +317,7 @@ def test_compiled_training_steps_match_eager_ones(l2_normalize, rotation_trick, 
 
 
 @pytest.mark.parametrize("rotation_trick", [False, True])
+@pytest.mark.integration
 def test_inductor_compiled_training_steps_match_eager_ones(rotation_trick, monkeypatch):
     import torch._inductor.config as inductor_config
 
@@ -323,6 +325,7 @@ def test_inductor_compiled_training_steps_match_eager_ones(rotation_trick, monke
         assert _compiled_against_eager("inductor", True, monkeypatch, rotation_trick=rotation_trick) == []
 
 
+@pytest.mark.integration
 def test_compiling_without_fullgraph_initialises_eagerly_on_the_first_call():
     torch.manual_seed(0)
     q = vq(8, 4, codebook_init="kmeans").train()

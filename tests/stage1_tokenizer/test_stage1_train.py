@@ -56,6 +56,7 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.integration
 def test_a_stop_signal_saves_a_checkpoint_exits_cleanly_and_resumes_to_the_same_weights(tmp_path, signum):
     common = ["--model", "vqvae", "--lr_scheduler", "constant", "--seed", "3", "--eval_steps", "4", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -156,6 +157,7 @@ def stage_args(stage: str, tmp_path: Path) -> tuple[str, list[str]]:
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
+@pytest.mark.integration
 def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(tmp_path, stage):
     """Killed -9 at three random moments (a checkpoint is written every step, so a kill may land in a save)."""
     import random
@@ -215,6 +217,7 @@ def test_resume_latest_without_checkpoints_is_a_clear_error(tmp_path):
         train(["--output_dir", str(tmp_path), "--max_steps", "2", "--resume_from_checkpoint", "latest", *TINY])
 
 
+@pytest.mark.integration
 def test_help_explains_every_option():
     out = subprocess.run([sys.executable, "-m", "stage1_tokenizer.train", "--help"], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
@@ -223,6 +226,7 @@ def test_help_explains_every_option():
         assert option in out
 
 
+@pytest.mark.integration
 def test_two_cpu_processes_under_accelerate_launch_share_one_codebook(tmp_path):
     result = launch_two_cpu_processes(
         "stage1_tokenizer.train", "--model", "vqvae", "--output_dir", str(tmp_path), "--max_steps", "6",

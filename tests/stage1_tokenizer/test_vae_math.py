@@ -12,6 +12,7 @@ from stage1_tokenizer import CVAE, VAE, GaussianPosterior
 TINY = dict(channels=8, num_res_blocks=1, latent_dim=4)
 
 
+@pytest.mark.integration
 def test_closed_form_kl_matches_monte_carlo():
     torch.manual_seed(0)
     mean, logvar = torch.randn(3, 5), torch.randn(3, 5) * 0.5

@@ -39,6 +39,7 @@ def run(tokenizer, out, *extra):
     return json.loads((out / "training_summary.json").read_text())
 
 
+@pytest.mark.integration
 def test_bf16_autocast_on_cpu_trains_within_tolerance_of_float32(tokenizer, tmp_path):
     full = run(tokenizer, tmp_path / "fp32", "--mixed_precision", "no")
     bf16 = run(tokenizer, tmp_path / "bf16", "--mixed_precision", "bf16")

@@ -214,6 +214,7 @@ def test_prior_training_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(value, b.state_dict()[key]), key
 
 
+@pytest.mark.integration
 def test_prior_training_under_two_cpu_processes(tmp_path):
     tok = tiny_tokenizer()
     tok.save_pretrained(tmp_path / "tok")

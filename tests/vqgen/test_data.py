@@ -21,6 +21,7 @@ def pixels(dataset) -> np.ndarray:
     return np.stack([dataset[i]["image"].numpy() for i in range(len(dataset))])
 
 
+@pytest.mark.integration
 def test_embedded_digits_are_real_split_fixed_and_disjoint():
     train, test = load_image_dataset("embedded", "train"), load_image_dataset("embedded", "test")
     assert len(train) + len(test) == 5000 and 400 <= len(test) <= 600
@@ -122,6 +123,7 @@ def test_missing_idx_files_and_bad_arguments(mnist_dir, tmp_path):
         load_image_dataset(str(tmp_path / "no" / "such" / "place"))
 
 
+@pytest.mark.integration
 def test_hub_id_while_offline_names_the_local_alternatives():
     code = "from vqgen.data import load_image_dataset; load_image_dataset('ylecun/mnist')"
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}

@@ -155,6 +155,7 @@ def test_a_bad_file_is_refused_before_training_or_skipped_and_counted(tmp_path, 
     assert all(kept[i]["image"].shape == (3, 12, 12) for i in range(7))
 
 
+@pytest.mark.integration
 def test_bad_data_from_the_command_line_is_one_clear_message(tmp_path):
     root = bad_folder(tmp_path / "data", "truncated_jpeg")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -197,6 +198,7 @@ def test_damage_inside_a_file_is_named_when_decoded(tmp_path):
 
 
 # -- processes, workers, resume, streaming -------------------------------------------------------
+@pytest.mark.integration
 def test_two_processes_see_disjoint_parts_that_cover_the_epoch(tmp_path):
     out = tmp_path / "seen.json"
     run = launch_two_cpu_processes("tests.sharding_probe", str(out))
@@ -219,6 +221,7 @@ def train(*argv: str) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+@pytest.mark.integration
 def test_resume_with_workers_is_bit_identical_and_workers_change_nothing(tmp_path):
     """8 steps straight with 2 workers; 8 steps with 0 workers; 5 + resume (mid-epoch: 6 steps an epoch) with 2."""
     train("--output_dir", str(tmp_path / "straight"), "--max_steps", "8", "--dataloader_num_workers", "2",
@@ -263,6 +266,7 @@ def test_streamed_parquet_shards_split_by_node_are_disjoint(tmp_path):
         load_image_stream(str(root), "train", image_size=None, channels=1)
 
 
+@pytest.mark.integration
 def test_training_streams_local_parquet_shards_under_two_processes(tmp_path):
     root = parquet_shards(tmp_path / "shards")
     run = launch_two_cpu_processes("stage1_tokenizer.train", "--dataset", str(root), "--streaming", "--image_size", "28",

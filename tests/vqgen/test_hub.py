@@ -53,6 +53,7 @@ PUSH_AND_LOAD = """
     ("VQVAE", "vqvae", "codebook_size=16, code_dim=4, channels=8, num_res_blocks=1"),
     ("CVAE", "cvae", "latent_dim=4, channels=8, num_res_blocks=1"),
 ])
+@pytest.mark.integration
 def test_push_to_hub_then_from_pretrained_round_trip(hub, tmp_path, cls, name, kwargs):
     endpoint, state = hub
     result = run_client(PUSH_AND_LOAD.format(cls=cls, name=name, kwargs=kwargs), endpoint, tmp_path)
@@ -68,6 +69,7 @@ def test_push_to_hub_then_from_pretrained_round_trip(hub, tmp_path, cls, name, k
     assert any(p.endswith("/commit/main") for p in calls) and any("/resolve/" in p for p in calls)
 
 
+@pytest.mark.integration
 def test_missing_repo_and_offline_give_clear_errors(hub, tmp_path):
     endpoint, _ = hub
     code = """
@@ -101,6 +103,7 @@ PIPELINE_PUSH_AND_LOAD = """
 """
 
 
+@pytest.mark.integration
 def test_pipeline_push_to_hub_then_generate_from_the_repo_id(hub, tmp_path):
     endpoint, state = hub
     result = run_client(PIPELINE_PUSH_AND_LOAD, endpoint, tmp_path)
