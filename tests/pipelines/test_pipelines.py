@@ -92,6 +92,42 @@ def test_calling_the_pipeline_is_generate(pipe, kwargs):
     assert len(as_pil) == n and all(isinstance(im, Image.Image) for im in as_pil)
 
 
+def test_a_settings_object_samples_as_its_keywords_do(pipe):
+    from stage2_prior import sample_codes
+    from vqgen.sampling_settings import SamplingSettings
+
+    common = dict(num_samples=3, class_labels="7", seed=2, output_type="pt", progress=False)
+    by_name = generate(pipe, guidance_scale=3.0, top_k=5, temperature=0.9, **common)
+    settings = SamplingSettings(temperature=0.9, top_k=5, guidance_scale=3.0)
+    assert torch.equal(by_name, generate(pipe, sampling=settings, **common))
+    assert torch.equal(by_name, pipe(sampling=settings, **common))
+    # a keyword takes the place of the object's field; a full object ignores the pipeline's default guidance
+    assert torch.equal(by_name, pipe(sampling=SamplingSettings(top_k=5, guidance_scale=3.0), temperature=0.9, **common))
+    assert not torch.equal(generate(pipe, sampling=SamplingSettings(), **common), generate(pipe, **common))
+    codes = [sample_codes(pipe.prior, 2, settings, class_labels=[1, "2"], generator=torch.Generator().manual_seed(0)),
+             sample_codes(pipe.prior, 2, class_labels=[1, 2], generator=torch.Generator().manual_seed(0), **vars(settings))]
+    assert torch.equal(*codes)
+
+
+def test_pipeline_configs_of_both_formats_load(tmp_path):
+    from pipelines.pipeline import read_pipeline_config
+    from stage1_tokenizer import ModelLoadError
+    from vqgen.sampling_settings import SamplingSettings
+
+    flat = {"format_version": 1, "class_names": None, "image_size": 28, "image_channels": 1, "evaluation": {},
+            "guidance_scale": 1.0, "temperature": 0.7, "top_k": 9, "top_p": None}  # vqgen 0.1's layout
+    (tmp_path / "v1.json").write_text(json.dumps(flat))
+    assert read_pipeline_config(tmp_path / "v1.json").sampling == SamplingSettings(temperature=0.7, top_k=9)
+    nested = {"format_version": 2, "class_names": None, "image_size": 28, "image_channels": 1, "evaluation": {},
+              "sampling": {"temperature": 0.7, "top_k": 9, "top_p": None, "guidance_scale": 1.0}}
+    (tmp_path / "v2.json").write_text(json.dumps(nested))
+    assert read_pipeline_config(tmp_path / "v2.json") == read_pipeline_config(tmp_path / "v1.json")
+    for sampling, match in [({"top_k": 9, "new_knob": 1}, "new_knob"), ({"top_k": 0}, "top_k"), (3, "sampling")]:
+        (tmp_path / "bad.json").write_text(json.dumps({**nested, "sampling": sampling}))
+        with pytest.raises(ModelLoadError, match=match):
+            read_pipeline_config(tmp_path / "bad.json")
+
+
 def test_every_family_has_the_one_interface():
     """What the pipelines ask of a model, answered by each without anyone checking its class."""
     vae, cvae, vq, two_stage = family("vae"), family("cvae"), tiny_tokenizer(), tiny_pipeline()
