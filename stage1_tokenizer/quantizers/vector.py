@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,8 @@ from .base import Quantizer, QuantizerOutput, check_codes
 EMA_EPSILON = 1e-5
 LEARNED_COUNT_DECAY = 0.99
 KMEANS_ITERS = 10
+
+CodebookInit = Literal["kmeans", "data", "random"]
 
 
 @dataclass
@@ -40,7 +42,7 @@ class VectorQuantizerConfig:
     beta: float = option(0.25, "commitment weight")
     ema_decay: float | None = option(0.99, "EMA codebook decay; 0 = learn the codebook by gradient")
     dead_code_threshold: float = option(1.0, "restart codes whose EMA count per step falls below this; 0 disables")
-    codebook_init: Literal["kmeans", "data", "random"] = option("kmeans", "codebook initialisation")
+    codebook_init: CodebookInit = option("kmeans", "codebook initialisation")
     l2_normalize: bool = option(False, "l2-normalised (cosine) codes")
     rotation_trick: bool = option(False, "gradient to the encoder through a rotation + rescale of it onto its code "
                                          "(Fifty et al. 2024) instead of the straight-through copy")
@@ -51,8 +53,8 @@ class VectorQuantizerConfig:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), or 0 / None to learn the codebook by gradient, "
                              f"got {self.ema_decay}")
-        if self.codebook_init not in ("kmeans", "data", "random"):
-            raise ValueError(f"codebook_init must be 'kmeans', 'data' or 'random', got {self.codebook_init!r}")
+        if self.codebook_init not in get_args(CodebookInit):
+            raise ValueError(f"codebook_init must be one of {get_args(CodebookInit)}, got {self.codebook_init!r}")
 
 
 def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
