@@ -29,10 +29,8 @@ class Preset:
 
 # The CIFAR-10 network and training recipe of the cifar10 presets.
 # Sized by compute, not parameters: a 32² image makes every full-resolution conv costly, so the widths grow
-# as the side shrinks (32, 64, 128 channels at 32², 16², 8²) with one residual block per level. That is
-# ~0.74 GFLOP per forward pass, 5.5x the conv VQ-VAE (0.13), which trained 800 steps of 128 CIFAR-10 images
-# in 9 minutes on this 2-core CPU. Measured alone on those 2 cores: 0.93 s a step of 64, so ~1,900 steps (2.4
-# epochs) in 30 minutes. 64 base channels at (1, 2, 2) with two blocks per level would be 2.4 GFLOP: 3x fewer.
+# as the side shrinks (32, 64, 128 channels at 32², 16², 8²) with one residual block per level, which fits
+# about two epochs into 30 minutes on 2 CPU cores (docs/training.md, presets).
 CIFAR10_NETWORK: dict[str, Any] = {
     "model": "vqvae", "image_size": 32, "channels_in": 3,
     "architecture": "vqgan", "channels": 32, "channel_multipliers": [1, 2, 4], "num_downsamples": 2,

@@ -64,10 +64,9 @@ def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     )
 
 
-# The n x K distance block of the nearest-code search is bounded: at 16,384 codes one batch of 6,272
-# vectors would otherwise need a 400 MB matrix. On a CPU, blocks that fit the L2/L3 cache are also the
-# fastest (the argmin then reads the block from cache: 3x faster than one 400 MB matrix at 16,384 codes,
-# and no slower at 512); on an accelerator, larger blocks keep the kernel launches few.
+# The n x K distance block of the nearest-code search is bounded, or a large codebook would need the whole
+# matrix at once. On a CPU, blocks that fit the L2/L3 cache are also the fastest (the argmin then reads the
+# block from cache; docs/performance.md); on an accelerator, larger blocks keep the kernel launches few.
 BLOCK_BYTES_CPU = 2 * 2**20
 BLOCK_BYTES_ACCELERATOR = 64 * 2**20
 
@@ -83,7 +82,7 @@ def nearest_codes(x: torch.Tensor, codebook: torch.Tensor, max_block_bytes: int 
 
     It is one custom operator (`vqgen::nearest_codes`), so torch.compile keeps it whole inside its
     graph and runs this same implementation: compiled, the unrolled block loop would be fused into one
-    slow generated argmin kernel on a CPU (70x slower at 16,384 codes).
+    slow generated argmin kernel on a CPU.
     """
     if max_block_bytes is None:
         max_block_bytes = BLOCK_BYTES_CPU if x.device.type == "cpu" else BLOCK_BYTES_ACCELERATOR
