@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-import pipelines
 from pipelines import TwoStagePipeline, generate
 from pipelines.sample import main as sample_main
 from stage1_tokenizer import CVAE, VAE, VQVAE
@@ -321,10 +320,6 @@ def test_sample_script_help():
     result = subprocess.run([sys.executable, "-m", "pipelines.sample", "--help"], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert result.returncode == 0 and "--guidance_scale" in result.stdout and "--num_samples" in result.stdout
-
-
-def test_public_names():
-    assert pipelines.generate is generate and pipelines.TwoStagePipeline is TwoStagePipeline
 
 
 @pytest.mark.integration
