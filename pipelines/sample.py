@@ -42,9 +42,8 @@ from .seeds import sample_seed
 
 MANIFEST = "manifest.json"
 SAMPLES, ADM_SAMPLES = "samples.npz", "samples_adm.npz"
-# On a CPU the compiled step draws 1.6-1.9x the tokens/s of the eager one, after 5-70 s of compilation. At the MNIST
-# size it saves ~0.34 s a batch of 64, so this many batches repay a compilation with inductor's cache warm; at the
-# 256-pixel size one batch saves ~24 s (31 against 55 s at batch 64)
+# On a CPU the compiled step is faster than the eager one but costs a compilation first: jobs of this many batches
+# repay it at the MNIST size (docs/performance.md has the measurements)
 CPU_COMPILE_MIN_BATCHES = 32
 
 
@@ -64,10 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=64, help="samples per shard and per forward pass")
     add_sampling_arguments(p)
     p.add_argument("--compile_prior", choices=["auto", "yes", "no"], default="auto",
-                   help="compile the prior's one-token step (auto: on CUDA, where it is 8-10x faster after ~15-25 s of "
-                        f"compilation, and on a CPU for jobs of {CPU_COMPILE_MIN_BATCHES}+ batches, where it is "
-                        "1.6-1.9x faster after 5-70 s). Changes the speed; the samples only where float rounding decides "
-                        "a draw")
+                   help="compile the prior's one-token step (auto: on CUDA, and on a CPU for jobs of "
+                        f"{CPU_COMPILE_MIN_BATCHES}+ batches, which repay the compilation). Changes the speed; the "
+                        "samples only where float rounding decides a draw")
     args = p.parse_args(argv)
     if args.num_samples <= 0:
         p.error(f"--num_samples must be positive, got {args.num_samples}")
