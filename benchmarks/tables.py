@@ -319,15 +319,28 @@ def sampling_cpu_table(name: str) -> str:
     return _table(["path", "tokens/s", "× generate", "× no cache", "first call"], rows)
 
 
-def matmul_table() -> str:
-    cells = {}
-    for name in ("sampling_cpu_mnist.json", "sampling_cpu_256px.json"):
-        for size in (_load(name) or {"sizes": {}})["sizes"].values():
-            for route, rate in size.get("matmuls", {}).get("GFLOP_per_s", {}).items():
-                cells.setdefault(route, {})[name] = f"{rate:.0f}"
-    rows = [[route, by.get("sampling_cpu_mnist.json", ""), by.get("sampling_cpu_256px.json", "")]
-            for route, by in cells.items()]
-    return _table(["route", "GFLOP/s, MNIST prior", "GFLOP/s, 256-pixel prior"], rows)
+AB_LABELS = {
+    "lean": "lean: `torch.compile` of the step and the token choice, whole `StaticCache`, SDPA (what vqgen keeps)",
+    "onednn": "+ products on oneDNN with packed weights and fused activations (a post-grad graph pass)",
+    "kth_largest": "+ top-k cut-off by a branch-free C++ op (a post-grad graph pass)",
+    "guard_filter": "+ dynamo guards filtered to what changes between runs",
+    "windowed_cache": "+ attention over the filled positions only (windowed static cache)",
+    "first_token": "+ the class token fed through the compiled step (needs the windowed cache)",
+    "eager_attention": "+ matmul-softmax-matmul attention instead of SDPA, for the step only",
+    "all": "every piece together (the step at 43c4f31)",
+}
+
+
+def cpu_decoding_ab_table(name: str) -> str:
+    data = _load(name)
+    if data is None:
+        return _missing(name)
+    rows = []
+    for size, entry in data["sizes"].items():
+        for variant, row in entry["variants"].items():
+            rows.append([size, AB_LABELS.get(variant, variant), f"{row['median_s'] * 1e3:,.0f} ms",
+                         f"{row['speedup_vs_lean']:.3f}", "yes" if row["codes_equal_to_lean"] else "no"])
+    return _table(["prior", "variant", "median run", "× lean", "codes equal"], rows)
 
 
 GPU_SAMPLING_FILES = ("gpu_speed_h200.json", "gpu_speed_h200_sampling.json", "sampling_h200_256px_batch1.json",
@@ -393,7 +406,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "quantizer": quantizer_table,
     "sampling-cpu-mnist": lambda: sampling_cpu_table("sampling_cpu_mnist.json"),
     "sampling-cpu-256px": lambda: sampling_cpu_table("sampling_cpu_256px.json"),
-    "matmul-routes": matmul_table,
+    "cpu-decoding-ab-mnist": lambda: cpu_decoding_ab_table("cpu_decoding_ab_mnist.json"),
     "gpu-sampling": gpu_sampling_table,
     "gpu-training": gpu_training_table,
 }
