@@ -39,7 +39,7 @@ def check_request(num_samples: int, batch_size: int, output_type: OutputType, se
     if device is not None:
         try:
             torch.device(device)
-        except (RuntimeError, TypeError) as e:
+        except (RuntimeError, TypeError):
             raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
 
 

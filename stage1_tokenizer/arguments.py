@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, flag_name, option
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, flag_name
+from vqgen.fields import option
 from vqgen.data import DEFAULT_DATASET, DataAugmentation
 from vqgen.training import parse_training_args, training_parser
 

@@ -144,12 +144,6 @@ class Decoder:
                       else PreallocatedCache(prior.config, max_length))
         self.tokens: torch.Tensor | None = None
 
-    def __enter__(self) -> Decoder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
     def first(self, tokens: torch.Tensor, choose: TokenChoice, keys: torch.Tensor) -> torch.Tensor:
         """`b' t` tokens (the prefix, then any prompt codes) -> the `b` tokens chosen for the position after them."""
         return choose(self.prefill(tokens), keys, tokens.shape[1] - 1)

@@ -100,10 +100,9 @@ def sample_codes(
                       compile=compile)
     codes = torch.empty(num_samples, h * w, dtype=torch.long, device=device)
     codes[:, : prompt.shape[1]] = prompt
-    with decoder:
-        nxt = decoder.first(tokens, choose, keys)
-        for position in range(prompt.shape[1], h * w):
-            codes[:, position] = nxt
-            if position + 1 < h * w:
-                nxt = decoder.step(torch.cat([nxt, nxt]) if guided else nxt, choose, keys)
+    nxt = decoder.first(tokens, choose, keys)
+    for position in range(prompt.shape[1], h * w):
+        codes[:, position] = nxt
+        if position + 1 < h * w:
+            nxt = decoder.step(torch.cat([nxt, nxt]) if guided else nxt, choose, keys)
     return codes.reshape(num_samples, h, w)

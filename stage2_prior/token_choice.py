@@ -32,8 +32,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     """`b v` logits -> temperature-scaled logits with everything outside top-k / the top-p nucleus at -inf."""
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        # the k-th largest is the least of the unsorted top k: the same value, without sorting (5x on a CPU); the
-        # compiled CPU step computes it branch-free instead (`kth_largest.KthLargest` rewrites these two ops)
+        # the k-th largest is the least of the unsorted top k: the same value, without sorting
         kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:

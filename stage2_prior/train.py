@@ -20,7 +20,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from stage1_tokenizer import VQVAE
-from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, option
+from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments
+from vqgen.fields import option
 from vqgen.data import DEFAULT_DATASET, class_names
 from vqgen.image_grid import class_grid_labels, save_image_grid
 from vqgen.training import make_accelerator, parse_training_args, prepare_training, training_parser

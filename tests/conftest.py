@@ -45,3 +45,11 @@ def _unit_tests_stay_in_process(request, monkeypatch):
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse("launches a process"))
     monkeypatch.setattr(torch, "compile", refuse("compiles"))
+
+
+def pytest_collection_modifyitems(items):
+    # a slow test is an integration test too, so `-m "not integration"` (which replaces the default
+    # `-m "not slow"`) leaves it out
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.integration)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .fields import field_default, option  # noqa: F401 - option re-exported for the training scripts
+from .fields import field_default
 
 T = TypeVar("T")
 

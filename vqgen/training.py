@@ -21,7 +21,8 @@ from accelerate.data_loader import skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 
-from .cli import add_dataclass_arguments, import_plugins, option, parse_arguments
+from .cli import add_dataclass_arguments, import_plugins, parse_arguments
+from .fields import option
 from .checkpointing import find_checkpoint
 from .distributed import keep_process_group_alive
 

@@ -80,7 +80,7 @@ def test_cvae_conditions_encoder_input_and_decoder_on_the_label():
 def test_cvae_samples_for_a_chosen_label_and_rejects_bad_labels():
     model = CVAE(num_classes=10, **TINY).eval()
     assert model.sample(5, torch.full((5,), 3), generator=torch.Generator().manual_seed(0)).shape == (5, 1, 28, 28)
-    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+    with pytest.raises(ValueError, match=r"label 10 is out of range.*takes 0\.\.9"):
         model.sample(2, torch.tensor([3, 10]))
     with pytest.raises(ValueError, match="class-conditional"):
         model(torch.rand(2, 1, 28, 28))

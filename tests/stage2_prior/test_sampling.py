@@ -202,6 +202,7 @@ def test_the_compiled_step_follows_the_prior_into_training_mode():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_step_that_fails_to_compile_falls_back_to_the_compiled_forward_pass(monkeypatch):
     from stage2_prior.decoding import compiled_step
 
