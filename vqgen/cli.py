@@ -139,10 +139,8 @@ def import_plugins(argv: list[str] | None) -> list[str]:
     return modules
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """`parser.parse_args`, with `--config FILE` supplying values that flags on the command line override."""
-    import sys
-
+def command_line_tokens(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[str]:
+    """Add `--config` and `--plugins` to `parser`; `argv` with the `--config` file's values put first as flags."""
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML or JSON file of option values (flags on the command line take precedence)")
     parser.add_argument("--plugins", nargs="*", default=[], metavar="MODULE",
@@ -152,4 +150,18 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     first, _ = parser.parse_known_args(argv)
     if first.config:
         argv = config_file_tokens(parser, read_config_file(first.config), first.config) + argv
-    return parser.parse_args(argv)
+    return argv
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser.parse_args`, with `--config FILE` supplying values that flags on the command line override."""
+    return parser.parse_args(command_line_tokens(parser, argv))
+
+
+def given_options(parser: argparse.ArgumentParser, tokens: list[str]) -> set[str]:
+    """The options `tokens` set themselves (a flag, or a `--config` value), as opposed to the parser's defaults
+    (a preset's included): a namespace holding a marker for every option keeps the marker where none is given."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_known_args(tokens, namespace)
+    return {name for name, value in vars(namespace).items() if value is not unset}
