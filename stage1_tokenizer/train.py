@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def grids(step: int, evaluated: bool) -> None:
         if evaluated:
-            write_grids(accelerator, model, grids_of, output_dir / "samples", f"_step{step:07d}")
+            with state.averaged_weights():
+                write_grids(accelerator, model, grids_of, output_dir / "samples", f"_step{step:07d}")
 
     result = train_loop(accelerator, args, state, compute_loss, hook=grids,
                         evaluate=lambda step: evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize))
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return [output_dir / "model.safetensors", *write_grids(accelerator, model, grids_of, output_dir, "")]
 
     summary = {"model": args.model, "dataset": args.dataset, **result.summary()}
-    return finish_training(accelerator, args, model, summary, save, compare=(unwrapped, loss_fn),
+    return finish_training(accelerator, args, model, summary, save, compare=(unwrapped, loss_fn), ema=state.ema,
                            push=lambda repo, token: unwrapped.push_to_hub(repo, token=token))
 
 

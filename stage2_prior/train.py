@@ -155,8 +155,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def samples(step: int, evaluated: bool) -> None:
         if args.sample_steps and step % args.sample_steps == 0:
-            write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
-                          vocab.num_classes, args.seed)
+            with state.averaged_weights():
+                write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
+                              vocab.num_classes, args.seed)
 
     result = train_loop(accelerator, args, state, compute_loss, hook=samples, desc="train prior",
                         evaluate=lambda step: evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels),
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary = {"tokenizer": args.tokenizer, "dataset": args.dataset, **result.summary(),
                "train_tokens_per_second": round(tokens_seen / max(result.seconds, 1e-9), 1)}
-    return finish_training(accelerator, args, prior, summary, save,
+    return finish_training(accelerator, args, prior, summary, save, ema=state.ema,
                            push=lambda repo, token: push_prior(unwrapped, repo, token=token))
 
 

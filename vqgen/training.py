@@ -7,6 +7,7 @@ The step loop itself, and how a run ends, is `vqgen.training_loop`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader
 from .cli import add_dataclass_arguments, import_plugins, parse_arguments
 from .fields import option
 from .checkpointing import find_checkpoint
+from .ema import EMA
 from .distributed import keep_process_group_alive
 
 
@@ -44,6 +46,9 @@ class TrainingArguments:
     lr_scheduler: str = option("cosine", "any transformers.get_scheduler name")
     warmup_steps: int = option(100, "linear learning-rate warm-up steps")
     max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
+    use_ema: bool = option(False, "keep an exponential moving average of the trained weights; evaluation, grids and the "
+                                  "saved model use it, checkpoints hold both")
+    ema_max_decay: float = option(0.9999, "the EMA's decay once warmed up: update t decays by min(this, (1+t)/(10+t))")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
     torch_compile: bool = option(False, "compile the model's repeated blocks with torch.compile (inductor, accelerate's "
                                         "regional compilation); the first steps pay the compilation")
@@ -78,6 +83,8 @@ def parse_training_args(p: argparse.ArgumentParser, argv: list[str] | None) -> a
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.ema_max_decay < 1:
+        p.error(f"--ema_max_decay must lie in [0, 1), got {args.ema_max_decay}")
     if args.dataloader_num_workers < 0:
         p.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
     return args
@@ -111,6 +118,11 @@ class TrainingState:
     # checkpointed with it: (module, optimizer) pairs.
     auxiliary: list[tuple[torch.nn.Module, torch.optim.Optimizer]] = field(default_factory=list)
     device: torch.device | None = None  # where a streamed (unprepared) loader's batches go
+    ema: EMA | None = None  # the average of the model's weights, with --use_ema
+
+    def averaged_weights(self) -> contextlib.AbstractContextManager:
+        """Inside: the model holds its EMA weights (with --use_ema; without, its own)."""
+        return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
 
     def batches(self, gradient_accumulation_steps: int) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches from `step` on, forever, epoch after epoch, in the order an uninterrupted run sees.
@@ -220,6 +232,11 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
         # module itself is called unwrapped, so its gradients are averaged by hand in auxiliary_step.
         _, aux_optimizer = accelerator.prepare(module, aux_optimizer)
         prepared_auxiliary.append((module, aux_optimizer))
+    # Built from the prepared model's parameters (they are the ones the optimizer steps) and hooked into
+    # save_state/load_state before any resumption.
+    ema = EMA(accelerator.unwrap_model(model), args.ema_max_decay) if args.use_ema else None
+    if ema is not None:
+        ema.checkpoint_with(accelerator)
     step = 0
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
@@ -235,4 +252,4 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary,
-                         device=accelerator.device)
+                         device=accelerator.device, ema=ema)

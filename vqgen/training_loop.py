@@ -28,6 +28,7 @@ from .checkpointing import isolated_rng, prune_checkpoints, save_checkpoint
 from .cli import exit_on
 from .data import DATA_ERRORS
 from .distributed import leave_after_distributed_run
+from .ema import EMA
 from .training import TrainingState
 
 # One micro-batch's loss, and a closure computing the auxiliary optimisers' loss (None without them).
@@ -54,9 +55,10 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
 
     `compute_loss(batch, step)` runs inside `accelerator.accumulate`, once per micro-batch.
     `evaluate(step)` runs on every process, every `--eval_steps` and at the last step, exactly once
-    at each; its metrics go into `metrics.jsonl` beside `loss_name` and `record_extras(seconds)`.
-    `hook(step, evaluated)` runs on the main process after every step (grids, samples). Both see
-    the training RNG stream set aside, so they change nothing a resumed run would replay.
+    at each, with the EMA weights under `--use_ema`; its metrics go into `metrics.jsonl` beside
+    `loss_name` and `record_extras(seconds)`. `hook(step, evaluated)` runs on the main process after
+    every step (grids, samples) with the raw weights (`state.averaged_weights()` gives it the EMA).
+    Both see the training RNG stream set aside, so they change nothing a resumed run would replay.
     """
     model, step = state.model, state.step
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc=desc)
@@ -72,12 +74,14 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
         if not accelerator.sync_gradients:
             continue
         step += 1
+        if state.ema is not None:  # from the parameters just stepped, alike on every process
+            state.ema.update()
         mean_loss = mean_finite_loss(accelerator, loss, step)
         progress.update(1)
         progress.set_postfix(loss=f"{mean_loss:.4g}")
         evaluated = step % args.eval_steps == 0 or step == args.max_steps
         if evaluated:
-            with isolated_rng(accelerator.device):
+            with isolated_rng(accelerator.device), state.averaged_weights():
                 metrics, evaluated_at = evaluate(step), step
             seconds = time.time() - start
             record = {"step": step, loss_name: mean_loss, "elapsed_s": round(seconds, 1), **record_extras(seconds),
@@ -94,25 +98,32 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
     progress.close()
     seconds = time.time() - start
     if evaluated_at != step:  # a run that stopped on time or signal; one that reached --max_steps just did
-        metrics = evaluate(step)
+        with state.averaged_weights():
+            metrics = evaluate(step)
     return TrainingResult(step, metrics, seconds)
 
 
 def finish_training(accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module,
                     summary: dict[str, Any], save: Callable[[dict[str, torch.Tensor]], list[Path]],
-                    push: Callable[[str, str | None], str], compare: tuple[torch.nn.Module, ...] = ()) -> dict[str, Any]:
-    """Every process: `processes_seen` joins `summary` (and how far the weights of `compare` differ
-    across processes). The main process: `save(state_dict)` writes the model and returns what it
-    wrote, then `training_summary.json`; `push(repo_id, token)` uploads it with `--push_to_hub`."""
+                    push: Callable[[str, str | None], str], compare: tuple[torch.nn.Module, ...] = (),
+                    ema: EMA | None = None) -> dict[str, Any]:
+    """Every process: `processes_seen` joins `summary` (and how far the weights of `compare`, and the
+    `ema`, differ across processes). The main process: `save(state_dict)` writes the model and returns
+    what it wrote, then `training_summary.json`; `push(repo_id, token)` uploads it with `--push_to_hub`.
+    With an `ema`, the model holds its EMA weights while it is saved, drawn and pushed (so `state_dict`
+    holds them only while `save` runs)."""
     summary.update(processes_agree(accelerator, compare))
-    state_dict = model_state_dict(accelerator, model)
-    if accelerator.is_main_process:
-        written = save(state_dict)
-        (Path(args.output_dir) / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        accelerator.print(json.dumps(summary))
-        accelerator.print("wrote " + ", ".join(str(p) for p in written))
-        if args.push_to_hub:
-            accelerator.print(f"pushed: {push(args.hub_model_id, args.hub_token)}")
+    if ema is not None:
+        summary["ema_max_abs_diff_across_processes"] = max_abs_diff_across_processes(accelerator, ema.shadow)
+    with ema.averaged() if ema is not None else contextlib.nullcontext():
+        state_dict = model_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            written = save(state_dict)
+            (Path(args.output_dir) / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            accelerator.print(json.dumps(summary))
+            accelerator.print("wrote " + ", ".join(str(p) for p in written))
+            if args.push_to_hub:
+                accelerator.print(f"pushed: {push(args.hub_model_id, args.hub_token)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -128,6 +139,12 @@ def processes_agree(accelerator: Accelerator, modules: tuple[torch.nn.Module, ..
     if states:
         agree["weights_max_abs_diff_across_processes"] = (rows - rows[:1]).abs().max().item()
     return agree
+
+
+def max_abs_diff_across_processes(accelerator: Accelerator, tensors: list[torch.Tensor]) -> float:
+    """How far the processes' copies of `tensors` are apart (0.0: every process holds the same)."""
+    rows = accelerator.gather(torch.cat([t.detach().float().flatten() for t in tensors])[None])
+    return (rows - rows[:1]).abs().max().item()
 
 
 def run_script(main: Callable[[list[str]], Any]) -> None:

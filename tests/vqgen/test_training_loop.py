@@ -116,3 +116,26 @@ def test_finish_writes_the_summary_and_hands_the_weights_to_save(tmp_path):
     assert json.loads((tmp_path / "training_summary.json").read_text()) == summary
     assert summary["what"] == "test" and summary["steps"] == 1 and summary["test/m"] == 1.0
     assert summary["processes_seen"] == 1 and summary["weights_max_abs_diff_across_processes"] == 0.0
+
+
+def test_with_use_ema_evaluation_and_the_saved_model_see_the_average_and_training_the_raw_weights(tmp_path):
+    args, accelerator, state = start(tmp_path, "--max_steps", "3", "--eval_steps", "2", "--use_ema",
+                                     "--ema_max_decay", "0.5")
+    shadows, seen = [], []
+
+    def evaluate(step):
+        seen.append(state.model.weight.detach().clone())
+        shadows.append(state.ema.shadow[0].clone())
+        return {}
+
+    train_loop(accelerator, args, state, squared(state), evaluate)
+    assert state.ema.num_updates == 3 and len(seen) == 2
+    assert all(torch.equal(a, b) for a, b in zip(seen, shadows))
+    assert not torch.equal(state.model.weight, state.ema.shadow[0])  # the loop went on with its own weights
+    saved = {}
+    summary = finish_training(accelerator, args, state.model, {},
+                              lambda sd: saved.update({k: v.clone() for k, v in sd.items()}) or [],
+                              push=lambda *a: None, compare=(state.model,), ema=state.ema)
+    assert torch.equal(saved["weight"], state.ema.shadow[0]) and torch.equal(saved["bias"], state.ema.shadow[1])
+    assert summary["ema_max_abs_diff_across_processes"] == 0.0
+    assert not torch.equal(state.model.weight, state.ema.shadow[0])  # restored after saving
