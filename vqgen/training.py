@@ -7,9 +7,9 @@ The step loop itself, and how a run ends, is `vqgen.training_loop`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import pickle
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,10 +22,10 @@ from accelerate.data_loader import skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 
-from .cli import add_dataclass_arguments, import_plugins, parse_arguments
+from .atomic_io import atomic_write_text
+from .cli import add_dataclass_arguments, command_line_tokens, given_options, import_plugins, read_config_file
 from .fields import option
 from .checkpointing import find_checkpoint
-from .ema import EMA
 from .distributed import keep_process_group_alive
 
 
@@ -46,9 +46,6 @@ class TrainingArguments:
     lr_scheduler: str = option("cosine", "any transformers.get_scheduler name")
     warmup_steps: int = option(100, "linear learning-rate warm-up steps")
     max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
-    use_ema: bool = option(False, "keep an exponential moving average of the trained weights; evaluation, grids and the "
-                                  "saved model use it, checkpoints hold both")
-    ema_max_decay: float = option(0.9999, "the EMA's decay once warmed up: update t decays by min(this, (1+t)/(10+t))")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
     torch_compile: bool = option(False, "compile the model's repeated blocks with torch.compile (inductor, accelerate's "
                                         "regional compilation); the first steps pay the compilation")
@@ -58,7 +55,10 @@ class TrainingArguments:
                                             "transform images (0: in the training process)")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps; 0 disables")
     checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints")
-    resume_from_checkpoint: str | None = option(None, "a checkpoint folder, or 'latest' under --output_dir/checkpoints")
+    resume_from_checkpoint: str | None = option(None, "a checkpoint folder, or 'latest' under --output_dir/checkpoints; "
+                                                      "the run's other options come back from --output_dir/run_args.json")
+    init_from: str | None = option(None, "a trained model (folder or Hub id: stage 1 a tokenizer, stage 2 a prior) whose "
+                                         "weights start this run: fine-tuning, with a fresh optimizer from step 0")
     push_to_hub: bool = option(False, "push the final model to --hub_model_id")
     hub_model_id: str | None = option(None, "Hub repo id such as user/vqvae-mnist")
     hub_token: str | None = option(None, "Hub token (default: the logged-in one)")
@@ -68,6 +68,7 @@ def training_parser(module: str, description: str, argv: list[str] | None, **def
     """A training script's parser, holding the options of `TrainingArguments` with this script's `defaults`.
     `--plugins` are imported first, so what they register is among the choices of the options added next."""
     import_plugins(argv)
+    import_plugins(["--plugins", *saved_plugins(argv, defaults.get("output_dir", TrainingArguments.output_dir))])
     p = argparse.ArgumentParser(prog=f"accelerate launch -m {module}", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_arguments(p.add_argument_group("run, optimisation, evaluation, checkpoints, Hub"), TrainingArguments,
@@ -76,18 +77,100 @@ def training_parser(module: str, description: str, argv: list[str] | None, **def
 
 
 def parse_training_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """The command line (and any `--config` file), with what no run can do refused."""
-    args = parse_arguments(p, argv)
+    """The command line (and any `--config` file), with what no run can do refused. Resuming, the saved run's
+    options (`run_args.json`) are the defaults, and a flag that would change them is refused (`restore_run_args`)."""
+    tokens = command_line_tokens(p, argv)
+    args = p.parse_args(tokens)
+    if args.resume_from_checkpoint:
+        args = restore_run_args(p, tokens, args)
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (e.g. --hub_model_id user/vqvae-mnist)")
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.ema_max_decay < 1:
-        p.error(f"--ema_max_decay must lie in [0, 1), got {args.ema_max_decay}")
     if args.dataloader_num_workers < 0:
         p.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
     return args
+
+
+RUN_ARGS_NAME = "run_args.json"
+# What a resumed run may set anew: how long it runs, what it logs and evaluates and when, when it
+# checkpoints, how fast it goes, where the model is pushed; never what it learns. Any other option given
+# when resuming must equal the saved run's (docs/training.md, "Resuming a run").
+CHANGEABLE_ON_RESUME = (
+    "resume_from_checkpoint", "max_steps", "max_train_minutes",
+    "logging_steps", "report_to",
+    "eval_steps", "eval_batch_size", "max_eval_samples", "sample_steps",
+    "checkpointing_steps", "checkpoints_total_limit",
+    "dataloader_num_workers", "torch_compile",
+    "push_to_hub", "hub_model_id", "hub_token",
+)
+# Never written: the token is a secret, the folder is where the file lies, a --config file's values are
+# already in, and how this start began is no setting of the run.
+NOT_SAVED = ("hub_token", "output_dir", "config", "resume_from_checkpoint")
+
+
+def save_run_args(accelerator: Accelerator, args: argparse.Namespace) -> None:
+    """The run's resolved options, into `--output_dir/run_args.json` (by the main process): what a resume restores."""
+    if accelerator.is_main_process:
+        values = {name: value for name, value in sorted(vars(args).items()) if name not in NOT_SAVED}
+        atomic_write_text(Path(args.output_dir) / RUN_ARGS_NAME, json.dumps(values, indent=2) + "\n")
+
+
+def read_run_args(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read the saved run's options ({e}); repair or delete the file") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
+    return values
+
+
+def saved_plugins(argv: list[str] | None, output_dir: str) -> list[str]:
+    """The `--plugins` of the run being resumed, imported before the parser is built so their options exist."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for name in ("--output_dir", "--resume_from_checkpoint", "--config"):
+        pre.add_argument(name)
+    known = pre.parse_known_args(sys.argv[1:] if argv is None else argv)[0]
+    from_file = read_config_file(known.config) if known.config else {}
+    path = Path(known.output_dir or from_file.get("output_dir") or output_dir) / RUN_ARGS_NAME
+    if not (known.resume_from_checkpoint or from_file.get("resume_from_checkpoint")) or not path.is_file():
+        return []
+    return read_run_args(path).get("plugins", [])
+
+
+def _shown(value: Any) -> str:
+    """A value as it is typed on the command line."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def restore_run_args(p: argparse.ArgumentParser, tokens: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """Resuming a run that saved its options: they become the parser's defaults, and an option given on the
+    command line (or in --config) that differs from the saved run's is refused unless `CHANGEABLE_ON_RESUME`."""
+    path = Path(args.output_dir) / RUN_ARGS_NAME
+    if not path.is_file():  # a run from before run_args.json: every option as given
+        return args
+    saved = read_run_args(path)
+    unknown = sorted(set(saved) - {a.dest for a in p._actions})
+    if unknown:
+        p.error(f"{path} holds option(s) {unknown} that {p.prog} does not have: it was written by another training "
+                "script (or vqgen version); resume it with the script that wrote it")
+    given = given_options(p, tokens)
+    flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
+    conflicts = [f"{flags[name]} {_shown(getattr(args, name))} conflicts with the saved run's {_shown(saved[name])}"
+                 for name in sorted(given & saved.keys())
+                 if name not in CHANGEABLE_ON_RESUME and getattr(args, name) != saved[name]]
+    if conflicts:
+        changeable = ", ".join(f"--{name}" for name in CHANGEABLE_ON_RESUME if name in flags)
+        p.error(f"{'; '.join(conflicts)} ({path}). A resumed run may change only {changeable}; to change anything "
+                "else, start a new run in another --output_dir (with --init_from to start from this one's model)")
+    p.set_defaults(**{name: value for name, value in saved.items() if name not in given})
+    return p.parse_args(tokens)
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -101,6 +184,7 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     )
     set_seed(args.seed)
     keep_process_group_alive()
+    save_run_args(accelerator, args)
     return accelerator
 
 
@@ -118,11 +202,6 @@ class TrainingState:
     # checkpointed with it: (module, optimizer) pairs.
     auxiliary: list[tuple[torch.nn.Module, torch.optim.Optimizer]] = field(default_factory=list)
     device: torch.device | None = None  # where a streamed (unprepared) loader's batches go
-    ema: EMA | None = None  # the average of the model's weights, with --use_ema
-
-    def averaged_weights(self) -> contextlib.AbstractContextManager:
-        """Inside: the model holds its EMA weights (with --use_ema; without, its own)."""
-        return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
 
     def batches(self, gradient_accumulation_steps: int) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches from `step` on, forever, epoch after epoch, in the order an uninterrupted run sees.
@@ -232,11 +311,6 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
         # module itself is called unwrapped, so its gradients are averaged by hand in auxiliary_step.
         _, aux_optimizer = accelerator.prepare(module, aux_optimizer)
         prepared_auxiliary.append((module, aux_optimizer))
-    # Built from the prepared model's parameters (they are the ones the optimizer steps) and hooked into
-    # save_state/load_state before any resumption.
-    ema = EMA(accelerator.unwrap_model(model), args.ema_max_decay) if args.use_ema else None
-    if ema is not None:
-        ema.checkpoint_with(accelerator)
     step = 0
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
@@ -252,4 +326,4 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary,
-                         device=accelerator.device, ema=ema)
+                         device=accelerator.device)
