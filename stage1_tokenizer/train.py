@@ -23,6 +23,7 @@ from vqgen.data import (DataAugmentation, ImageDataset, images_to_tensor, load_i
                         spread_indices)
 from vqgen.image_grid import class_grid_labels, save_image_grid, save_reconstruction_grid
 from vqgen.image_metrics import psnr_from_mse
+from vqgen.tracking import TrainingWindow, log_images
 from vqgen.training import make_accelerator, prepare_training, sharded_loader
 from vqgen.training_loop import finish_training, run_script, train_loop
 
@@ -155,15 +156,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def compute_loss(batch: dict[str, torch.Tensor], step: int):
         images, labels = batch_to_inputs(batch, args.binarize)
         out = model(images, labels)
+        terms = loss_fn(out, images, step)
+        window.add({"loss": terms.loss, **terms.terms}, images.shape[0], out.codes)
         # the discriminator (if any) judges this micro-batch once the model has stepped
-        return loss_fn(out, images, step).loss, lambda: loss_fn.auxiliary_loss(out, images, step)
+        return terms.loss, lambda: loss_fn.auxiliary_loss(out, images, step)
 
     def grids(step: int, evaluated: bool) -> None:
         if evaluated:
             with state.averaged_weights():
-                write_grids(accelerator, model, grids_of, output_dir / "samples", f"_step{step:07d}")
+                paths = write_grids(accelerator, model, grids_of, output_dir / "samples", f"_step{step:07d}")
+            log_images(accelerator, {path.stem.partition("_step")[0]: path for path in paths}, step)
 
-    result = train_loop(accelerator, args, state, compute_loss, hook=grids,
+    # the training curves: every loss term, images/s, and for a VQ tokenizer the codes it picks
+    window = TrainingWindow(accelerator, "images", unwrapped.codebook_size if unwrapped.is_discrete else 0,
+                            codebook_usage)
+    result = train_loop(accelerator, args, state, compute_loss, hook=grids, window=window,
+                        project_name="stage1_tokenizer",
                         evaluate=lambda step: evaluate(accelerator, model, loss_fn, test_loader, step, args.binarize))
 
     def save(state_dict: dict[str, torch.Tensor]) -> list[Path]:

@@ -24,6 +24,7 @@ from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments
 from vqgen.fields import option
 from vqgen.data import DEFAULT_DATASET, class_names
 from vqgen.image_grid import class_grid_labels, save_image_grid
+from vqgen.tracking import TrainingWindow, log_images
 from vqgen.training import make_accelerator, parse_training_args, prepare_training, training_parser
 from vqgen.training_loop import finish_training, run_script, train_loop
 
@@ -34,6 +35,9 @@ from .saving import push_prior, save_prior
 from .sampling import sample_codes
 from .scoring import sequence_nll
 from .vocabulary import PriorVocabulary
+
+
+TRACKED_SAMPLE_ROWS = 4  # of the sample grid logged to the trackers at each evaluation
 
 
 @dataclass
@@ -103,11 +107,15 @@ def evaluate(accelerator: Accelerator, prior: torch.nn.Module, loader: DataLoade
 
 
 @torch.no_grad()
-def write_samples(prior: torch.nn.Module, tokenizer: VQVAE, path: Path, num_classes: int, seed: int) -> Path:
-    """A grid of samples, a row per class on a conditional prior; `prior` is left in training mode."""
+def write_samples(prior: torch.nn.Module, tokenizer: VQVAE, path: Path, num_classes: int, seed: int,
+                  rows: int | None = None) -> Path:
+    """A grid of samples, 8 a row: a row per class on a conditional prior (or `rows` classes spread
+    over them), else 8 rows (or `rows`); `prior` is left in training mode."""
     prior.eval()
     labels = class_grid_labels(num_classes)
-    n = labels.shape[0] if labels is not None else 64
+    if labels is not None and rows is not None and rows < num_classes:
+        labels = torch.linspace(0, num_classes - 1, rows).round().long().repeat_interleave(8)
+    n = labels.shape[0] if labels is not None else 8 * (rows or 8)
     generator = torch.Generator().manual_seed(seed)
     codes = sample_codes(prior, n, class_labels=labels, generator=generator,
                          guidance_scale=2.0 if num_classes else 1.0)
@@ -151,15 +159,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         labels = drop_labels(batch["label"], args.label_dropout, dropout_generator) if names else None
         ids = vocab.sequences(batch["codes"], labels)
         tokens_seen += (ids.shape[1] - 1) * ids.shape[0] * accelerator.num_processes
-        return prior(input_ids=ids, labels=ids).loss, None
+        loss = prior(input_ids=ids, labels=ids).loss
+        window.add({"nats_per_token": loss}, (ids.shape[1] - 1) * ids.shape[0])
+        return loss, None
 
     def samples(step: int, evaluated: bool) -> None:
-        if args.sample_steps and step % args.sample_steps == 0:
+        due = args.sample_steps and step % args.sample_steps == 0
+        if due:
             with state.averaged_weights():
-                write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
-                              vocab.num_classes, args.seed)
+                path = write_samples(unwrapped, tokenizer, output_dir / "samples" / f"samples_step{step:07d}.png",
+                                     vocab.num_classes, args.seed)
+        if evaluated and window.active:  # the trackers see a few rows at every evaluation
+            if not due:
+                with state.averaged_weights():
+                    path = write_samples(unwrapped, tokenizer, output_dir / "samples" / f"eval_step{step:07d}.png",
+                                         vocab.num_classes, args.seed, rows=TRACKED_SAMPLE_ROWS)
+            log_images(accelerator, {"samples": path}, step)
 
-    result = train_loop(accelerator, args, state, compute_loss, hook=samples, desc="train prior",
+    window = TrainingWindow(accelerator, "tokens")
+
+    result = train_loop(accelerator, args, state, compute_loss, hook=samples, desc="train prior", window=window,
+                        project_name="stage2_prior",
                         evaluate=lambda step: evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels),
                         loss_name="train/nats_per_token",
                         record_extras=lambda seconds: {"train/tokens_per_second": round(tokens_seen / seconds, 1)})

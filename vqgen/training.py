@@ -19,7 +19,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import skip_first_batches
-from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, send_to_device, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 
 from .atomic_io import atomic_write_text
@@ -49,10 +49,18 @@ class TrainingArguments:
     mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
     torch_compile: bool = option(False, "compile the model's repeated blocks with torch.compile (inductor, accelerate's "
                                         "regional compilation); the first steps pay the compilation")
+    use_ema: bool = option(False, "keep an exponential moving average of the trained weights; evaluation, grids and the "
+                                  "saved model use it, checkpoints hold both")
+    ema_max_decay: float = option(0.9999, "the EMA's decay once warmed up: update t decays by min(this, (1+t)/(10+t))")
     eval_steps: int = option(500, "evaluate on the test split every N steps")
     eval_batch_size: int = option(256, "examples per process per evaluation batch")
     dataloader_num_workers: int = option(0, "DataLoader worker processes per training process that decode and "
                                             "transform images (0: in the training process)")
+    logging_steps: int = option(50, "log the training curves (loss terms, learning rate, gradient norm, throughput) "
+                                    "to the --report_to trackers every N steps")
+    report_to: Literal["tensorboard", "trackio", "wandb", "all", "none"] = option(
+        "tensorboard", "experiment trackers: TensorBoard event files under --output_dir/logs (local, no account), "
+                       "trackio or wandb (installed apart), all the installed ones, or none")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps; 0 disables")
     checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints")
     resume_from_checkpoint: str | None = option(None, "a checkpoint folder, or 'latest' under --output_dir/checkpoints; "
@@ -210,6 +218,11 @@ class TrainingState:
         `skip_first_batches`): no skipped image is read or decoded. The loaders carry generators of
         their own and augmentation is keyed by (seed, epoch, index), so the global RNG stream (dropout,
         code restarts) and every batch continue exactly as they would have. A stream has no sampler:
+    ema: EMA | None = None  # the average of the model's weights, with --use_ema
+
+    def averaged_weights(self) -> contextlib.AbstractContextManager:
+        """Inside: the model holds its EMA weights (with --use_ema; without, its own)."""
+        return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
         there the skipped batches are read again.
         """
         if isinstance(self.train_loader.dataset, torch.utils.data.IterableDataset):
@@ -326,4 +339,4 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary,
-                         device=accelerator.device)
+                         device=accelerator.device, ema=ema)

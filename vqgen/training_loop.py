@@ -29,6 +29,7 @@ from .cli import exit_on
 from .data import DATA_ERRORS
 from .distributed import leave_after_distributed_run
 from .ema import EMA
+from .tracking import TrainingWindow, start_tracking
 from .training import TrainingState
 
 # One micro-batch's loss, and a closure computing the auxiliary optimisers' loss (None without them).
@@ -50,7 +51,8 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
                evaluate: Callable[[int], dict[str, float]], *,
                hook: Callable[[int, bool], None] | None = None,
                loss_name: str = "train/loss", record_extras: Callable[[float], dict[str, Any]] = lambda seconds: {},
-               desc: str = "train") -> TrainingResult:
+               desc: str = "train", window: TrainingWindow | None = None,
+               project_name: str = "vqgen") -> TrainingResult:
     """Train from `state.step` to `--max_steps` (or until `--max_train_minutes`, or a stop signal).
 
     `compute_loss(batch, step)` runs inside `accelerator.accumulate`, once per micro-batch.
@@ -59,8 +61,13 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
     `loss_name` and `record_extras(seconds)`. `hook(step, evaluated)` runs on the main process after
     every step (grids, samples) with the raw weights (`state.averaged_weights()` gives it the EMA).
     Both see the training RNG stream set aside, so they change nothing a resumed run would replay.
+    With `--report_to` trackers (opened here as `project_name`), every `--logging_steps` the loop
+    logs what `compute_loss` gave `window` (loss terms, examples, codes) with the learning rate and
+    gradient norm, and at each evaluation its metrics.
     """
     model, step = state.model, state.step
+    window = window or TrainingWindow(accelerator)
+    start_tracking(accelerator, args, project_name, step)
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc=desc)
     metrics, evaluated_at = {}, None
     model.train()
@@ -68,7 +75,9 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
     for batch in state.batches(args.gradient_accumulation_steps) if step < args.max_steps else ():
         with accelerator.accumulate(model):
             loss, auxiliary_loss = compute_loss(batch, step)
-            optimizer_step(accelerator, state, loss, args.max_grad_norm)
+            logging = window.active and (step + 1) % args.logging_steps == 0
+            learning_rate = state.scheduler.get_last_lr()[0]  # the one this step uses
+            grad_norm = optimizer_step(accelerator, state, loss, args.max_grad_norm, measure_norm=logging)
             if auxiliary_loss is not None:
                 auxiliary_step(accelerator, state, auxiliary_loss, step, args.max_grad_norm)
         if not accelerator.sync_gradients:
@@ -79,10 +88,15 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
         mean_loss = mean_finite_loss(accelerator, loss, step)
         progress.update(1)
         progress.set_postfix(loss=f"{mean_loss:.4g}")
+        if logging:
+            accelerator.log({**window.flush(), "train/learning_rate": learning_rate,
+                             **({} if grad_norm is None else {"train/grad_norm": float(grad_norm)})}, step=step)
+        window.pause()
         evaluated = step % args.eval_steps == 0 or step == args.max_steps
         if evaluated:
             with isolated_rng(accelerator.device), state.averaged_weights():
                 metrics, evaluated_at = evaluate(step), step
+            accelerator.log(metrics, step=step)
             seconds = time.time() - start
             record = {"step": step, loss_name: mean_loss, "elapsed_s": round(seconds, 1), **record_extras(seconds),
                       **metrics}
@@ -95,6 +109,7 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
                 hook(step, evaluated)
         if finish_step(accelerator, args, step, start, progress.write):
             break
+        window.resume()
     progress.close()
     seconds = time.time() - start
     if evaluated_at != step:  # a run that stopped on time or signal; one that reached --max_steps just did
@@ -154,14 +169,19 @@ def run_script(main: Callable[[list[str]], Any]) -> None:
     leave_after_distributed_run()
 
 
-def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor, max_grad_norm: float) -> None:
-    """Backward, clip, step and zero, inside `accelerator.accumulate` by the caller."""
+def optimizer_step(accelerator: Accelerator, state: TrainingState, loss: torch.Tensor, max_grad_norm: float,
+                   measure_norm: bool = False) -> torch.Tensor | None:
+    """Backward, clip, step and zero, inside `accelerator.accumulate` by the caller. Returns the
+    gradient norm before clipping where it clipped, or was asked to measure it (then an infinite
+    bound clips nothing), at the micro-batch that steps; None elsewhere."""
     accelerator.backward(loss)
-    if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(state.model.parameters(), max_grad_norm)
+    grad_norm = None
+    if accelerator.sync_gradients and (max_grad_norm > 0 or measure_norm):
+        grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad()
+    return grad_norm
 
 
 def auxiliary_step(accelerator: Accelerator, state: TrainingState, auxiliary_loss, step: int, max_grad_norm: float) -> None:
