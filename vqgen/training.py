@@ -7,6 +7,7 @@ The step loop itself, and how a run ends, is `vqgen.training_loop`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
 import sys
@@ -26,6 +27,8 @@ from .atomic_io import atomic_write_text
 from .cli import add_dataclass_arguments, command_line_tokens, given_options, import_plugins, read_config_file
 from .fields import option
 from .checkpointing import find_checkpoint
+from .ema import EMA
+from .tracking import report_to
 from .distributed import keep_process_group_alive
 
 
@@ -46,21 +49,21 @@ class TrainingArguments:
     lr_scheduler: str = option("cosine", "any transformers.get_scheduler name")
     warmup_steps: int = option(100, "linear learning-rate warm-up steps")
     max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
-    torch_compile: bool = option(False, "compile the model's repeated blocks with torch.compile (inductor, accelerate's "
-                                        "regional compilation); the first steps pay the compilation")
     use_ema: bool = option(False, "keep an exponential moving average of the trained weights; evaluation, grids and the "
                                   "saved model use it, checkpoints hold both")
     ema_max_decay: float = option(0.9999, "the EMA's decay once warmed up: update t decays by min(this, (1+t)/(10+t))")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = option(None, "overrides the accelerate config / launch flag")
+    torch_compile: bool = option(False, "compile the model's repeated blocks with torch.compile (inductor, accelerate's "
+                                        "regional compilation); the first steps pay the compilation")
     eval_steps: int = option(500, "evaluate on the test split every N steps")
-    eval_batch_size: int = option(256, "examples per process per evaluation batch")
-    dataloader_num_workers: int = option(0, "DataLoader worker processes per training process that decode and "
-                                            "transform images (0: in the training process)")
     logging_steps: int = option(50, "log the training curves (loss terms, learning rate, gradient norm, throughput) "
                                     "to the --report_to trackers every N steps")
     report_to: Literal["tensorboard", "trackio", "wandb", "all", "none"] = option(
         "tensorboard", "experiment trackers: TensorBoard event files under --output_dir/logs (local, no account), "
                        "trackio or wandb (installed apart), all the installed ones, or none")
+    eval_batch_size: int = option(256, "examples per process per evaluation batch")
+    dataloader_num_workers: int = option(0, "DataLoader worker processes per training process that decode and "
+                                            "transform images (0: in the training process)")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps; 0 disables")
     checkpoints_total_limit: int = option(2, "keep only the newest N checkpoints")
     resume_from_checkpoint: str | None = option(None, "a checkpoint folder, or 'latest' under --output_dir/checkpoints; "
@@ -93,9 +96,12 @@ def parse_training_args(p: argparse.ArgumentParser, argv: list[str] | None) -> a
         args = restore_run_args(p, tokens, args)
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (e.g. --hub_model_id user/vqvae-mnist)")
-    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size"):
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size",
+                 "logging_steps"):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.ema_max_decay < 1:
+        p.error(f"--ema_max_decay must lie in [0, 1), got {args.ema_max_decay}")
     if args.dataloader_num_workers < 0:
         p.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
     return args
@@ -148,7 +154,7 @@ def saved_plugins(argv: list[str] | None, output_dir: str) -> list[str]:
     return read_run_args(path).get("plugins", [])
 
 
-def _shown(value: Any) -> str:
+def command_line_value(value: Any) -> str:
     """A value as it is typed on the command line."""
     if isinstance(value, list):
         return " ".join(map(str, value))
@@ -170,7 +176,8 @@ def restore_run_args(p: argparse.ArgumentParser, tokens: list[str], args: argpar
                 "script (or vqgen version); resume it with the script that wrote it")
     given = given_options(p, tokens)
     flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
-    conflicts = [f"{flags[name]} {_shown(getattr(args, name))} conflicts with the saved run's {_shown(saved[name])}"
+    conflicts = [f"{flags[name]} {command_line_value(getattr(args, name))} conflicts with the saved run's "
+                 f"{command_line_value(saved[name])}"
                  for name in sorted(given & saved.keys())
                  if name not in CHANGEABLE_ON_RESUME and getattr(args, name) != saved[name]]
     if conflicts:
@@ -189,6 +196,8 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         # its tied embedding / output weights in torch 2.13's aot_autograd (aliased inputs).
         dynamo_plugin=TorchDynamoPlugin(backend="inductor", use_regional_compilation=True) if args.torch_compile else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        log_with=report_to(args.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
     )
     set_seed(args.seed)
     keep_process_group_alive()
@@ -210,6 +219,11 @@ class TrainingState:
     # checkpointed with it: (module, optimizer) pairs.
     auxiliary: list[tuple[torch.nn.Module, torch.optim.Optimizer]] = field(default_factory=list)
     device: torch.device | None = None  # where a streamed (unprepared) loader's batches go
+    ema: EMA | None = None  # the average of the model's weights, with --use_ema
+
+    def averaged_weights(self) -> contextlib.AbstractContextManager:
+        """Inside: the model holds its EMA weights (with --use_ema; without, its own)."""
+        return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
 
     def batches(self, gradient_accumulation_steps: int) -> Iterator[dict[str, torch.Tensor]]:
         """Micro-batches from `step` on, forever, epoch after epoch, in the order an uninterrupted run sees.
@@ -218,11 +232,6 @@ class TrainingState:
         `skip_first_batches`): no skipped image is read or decoded. The loaders carry generators of
         their own and augmentation is keyed by (seed, epoch, index), so the global RNG stream (dropout,
         code restarts) and every batch continue exactly as they would have. A stream has no sampler:
-    ema: EMA | None = None  # the average of the model's weights, with --use_ema
-
-    def averaged_weights(self) -> contextlib.AbstractContextManager:
-        """Inside: the model holds its EMA weights (with --use_ema; without, its own)."""
-        return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
         there the skipped batches are read again.
         """
         if isinstance(self.train_loader.dataset, torch.utils.data.IterableDataset):
@@ -324,6 +333,11 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
         # module itself is called unwrapped, so its gradients are averaged by hand in auxiliary_step.
         _, aux_optimizer = accelerator.prepare(module, aux_optimizer)
         prepared_auxiliary.append((module, aux_optimizer))
+    # Built from the prepared model's parameters (they are the ones the optimizer steps) and hooked into
+    # save_state/load_state before any resumption.
+    ema = EMA(accelerator.unwrap_model(model), args.ema_max_decay) if args.use_ema else None
+    if ema is not None:
+        ema.checkpoint_with(accelerator)
     step = 0
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
