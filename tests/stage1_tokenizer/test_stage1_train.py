@@ -55,6 +55,33 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_with_use_ema_matches_an_uninterrupted_run_in_weights_and_in_their_average(tmp_path):
+    common = ["--model", "vqvae", "--lr_scheduler", "constant", "--eval_steps", "1000", "--seed", "3", "--use_ema",
+              "--ema_max_decay", "0.9", *TINY]
+    train([*common, "--output_dir", str(tmp_path / "straight"), "--max_steps", "6", "--checkpointing_steps", "6"])
+    train([*common, "--output_dir", str(tmp_path / "split"), "--max_steps", "3", "--checkpointing_steps", "3"])
+    summary = train([*common, "--output_dir", str(tmp_path / "split"), "--max_steps", "6", "--checkpointing_steps", "6",
+                     "--resume_from_checkpoint", "latest"])
+    assert summary["steps"] == 6 and summary["ema_max_abs_diff_across_processes"] == 0.0
+    checkpoint = Path("checkpoints") / "checkpoint-6"
+    # the saved model (the EMA), the raw weights and their average: bit-identical after resuming
+    for name in ["model.safetensors", checkpoint / "model.safetensors", checkpoint / "ema.safetensors"]:
+        a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "split" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    saved = load_file(tmp_path / "split" / "model.safetensors")
+    raw = load_file(tmp_path / "split" / checkpoint / "model.safetensors")
+    ema = load_file(tmp_path / "split" / checkpoint / "ema.safetensors")
+    assert all(torch.equal(saved[key], ema[key]) for key in ema)
+    assert not all(torch.equal(saved[key], raw[key]) for key in ema)
+    # what the EMA does not average, the VQ codebook updated by its own EMA and its counts, is saved live:
+    # the averaged encoder picks its codes from the codebook training ended with
+    live = saved.keys() - ema.keys()
+    assert {"quantizer.codebook", "quantizer.cluster_size", "quantizer.embed_sum"} <= live
+    assert all(torch.equal(saved[key], raw[key]) for key in live)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.integration
 def test_a_stop_signal_saves_a_checkpoint_exits_cleanly_and_resumes_to_the_same_weights(tmp_path, signum):
@@ -230,12 +257,13 @@ def test_help_explains_every_option():
 def test_two_cpu_processes_under_accelerate_launch_share_one_codebook(tmp_path):
     result = launch_two_cpu_processes(
         "stage1_tokenizer.train", "--model", "vqvae", "--output_dir", str(tmp_path), "--max_steps", "6",
-        "--eval_steps", "3", "--checkpointing_steps", "3", "--dead_code_threshold", "2.0", *TINY,
+        "--eval_steps", "3", "--checkpointing_steps", "3", "--dead_code_threshold", "2.0", "--use_ema", *TINY,
         config_file=ROOT / "accelerate_config.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert summary["processes_seen"] == 2, "accelerate launch did not start two cooperating processes"
     assert summary["weights_max_abs_diff_across_processes"] == 0.0
+    assert summary["ema_max_abs_diff_across_processes"] == 0.0  # each rank averaged the same stepped weights
     model = VQVAE.from_pretrained(tmp_path)
     assert model.quantizer.initialized
     # each process wrote its own RNG state into the checkpoint

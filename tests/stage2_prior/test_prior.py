@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from stage1_tokenizer import VQVAE
 from vqgen.data import image_tensors
@@ -199,19 +200,25 @@ PRIOR_ARGS = ["--num_layers", "1", "--hidden_size", "32", "--num_heads", "2", "-
               "--max_train_samples", "64", "--max_eval_samples", "32", "--eval_batch_size", "16", "--warmup_steps", "0"]
 
 
-def test_prior_training_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("ema", [[], ["--use_ema", "--ema_max_decay", "0.9"]], ids=["raw", "ema"])
+def test_prior_training_resumes_to_the_same_weights(tmp_path, ema):
     tok = tiny_tokenizer()
     tok.save_pretrained(tmp_path / "tok")
     common = ["--tokenizer", str(tmp_path / "tok"), "--cache_dir", str(tmp_path / "cache"), "--lr_scheduler", "constant",
-              "--eval_steps", "100", "--sample_steps", "0", *PRIOR_ARGS]
+              "--eval_steps", "100", "--sample_steps", "0", *ema, *PRIOR_ARGS]
     train_prior([*common, "--output_dir", str(tmp_path / "a"), "--max_steps", "6", "--checkpointing_steps", "0"])
     train_prior([*common, "--output_dir", str(tmp_path / "b"), "--max_steps", "3", "--checkpointing_steps", "3"])
     summary = train_prior([*common, "--output_dir", str(tmp_path / "b"), "--max_steps", "6",
-                           "--checkpointing_steps", "0", "--resume_from_checkpoint", "latest"])
+                           "--checkpointing_steps", "6", "--resume_from_checkpoint", "latest"])
     assert summary["steps"] == 6 and summary["test/bits_per_pixel_dim"] > 0
     a, b = load_prior(tmp_path / "a"), load_prior(tmp_path / "b")
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
+    if ema:  # the saved prior is the average; the checkpoint keeps the weights it was taken from
+        checkpoint = tmp_path / "b" / "checkpoints" / "checkpoint-6"
+        averaged, raw = load_file(checkpoint / "ema.safetensors"), load_file(checkpoint / "model.safetensors")
+        assert averaged and all(torch.equal(b.state_dict()[key], averaged[key]) for key in averaged)
+        assert averaged.keys() <= raw.keys() and not any(torch.equal(raw[key], averaged[key]) for key in averaged)
 
 
 @pytest.mark.integration
