@@ -12,9 +12,10 @@ from typing import Any, Literal
 from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments, flag_name
 from vqgen.fields import option
 from vqgen.data import DEFAULT_DATASET, DataAugmentation
-from vqgen.training import parse_training_args, training_parser
+from vqgen.pretrained import ModelLoadError
+from vqgen.training import command_line_value, parse_training_args, training_parser
 
-from . import CVAE, VAE, VQVAE, PretrainedModel
+from . import CVAE, VAE, VQVAE, PretrainedModel, load_pretrained
 from .configs import AutoencoderConfig, CVAEConfig, VAEConfig, VQVAEConfig
 from .losses import LOSSES
 from .presets import add_preset_argument
@@ -64,8 +65,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     add_preset_argument(p, argv)
     args = parse_training_args(p, argv)
+    if args.init_from and not args.resume_from_checkpoint:  # resuming, the saved run's options already describe it
+        take_architecture(p, args)
     check_stage1_args(p, args)
     return args
+
+
+def architecture_options(model: PretrainedModel) -> dict[str, Any]:
+    """The options of this script that describe `model` (its type, geometry, network, quantiser, likelihood)."""
+    config = model.config
+    data_defined = ("image_size", "image_channels", "class_names", "quantizer", "num_classes", "binarized")
+    values = {"model": model.model_type, "image_size": config.image_size, "channels_in": config.image_channels,
+              **{flag_name(f): getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in data_defined}}
+    if model.is_discrete:
+        values["quantizer"] = config.quantizer.type
+        values.update({flag_name(f): getattr(config.quantizer, f.name) for f in dataclasses.fields(config.quantizer)
+                       if f.name != "type"})
+    else:
+        values["binarize"] = config.binarized
+    return values
+
+
+def take_architecture(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--init_from: the model's architecture is the trained one's, so its options become this run's (what
+    run_args.json records and the images are resized to). One set away from its default (or a preset's) to
+    another value is refused: the weights could not fit it."""
+    try:
+        model = load_pretrained(args.init_from)
+    except ModelLoadError as e:
+        p.error(f"--init_from {args.init_from}: {e}")
+    saved = architecture_options(model)
+    conflicts = [f"--{name} {command_line_value(getattr(args, name))} (the model's: {command_line_value(value)})"
+                 for name, value in saved.items() if getattr(args, name) not in (p.get_default(name), value)]
+    if conflicts:
+        p.error(f"--init_from {args.init_from} is a trained {model.model_type} whose architecture the run keeps; "
+                f"{', '.join(conflicts)} would change it: leave them out, or train from scratch")
+    for name, value in saved.items():
+        setattr(args, name, value)
 
 
 def check_stage1_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -87,6 +123,8 @@ def check_stage1_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def build_model(args: argparse.Namespace, image_size: int, image_channels: int, names: list[str] | None) -> PretrainedModel:
+    if args.init_from and not args.resume_from_checkpoint:  # resuming, the checkpoint holds the weights
+        return trained_model(args.init_from, image_size, image_channels, names)
     geometry: dict[str, Any] = dict(image_size=image_size, image_channels=image_channels, class_names=names)
     if args.model == "vqvae":
         quantizer = dataclass_from_arguments(QUANTIZERS[args.quantizer].config_class, args)
@@ -97,3 +135,18 @@ def build_model(args: argparse.Namespace, image_size: int, image_channels: int, 
         return CVAE(dataclass_from_arguments(CVAEConfig, args, num_classes=len(names), binarized=args.binarize,
                                              **geometry))
     return VAE(dataclass_from_arguments(VAEConfig, args, binarized=args.binarize, **geometry))
+
+
+def trained_model(name_or_path: str, image_size: int, image_channels: int, names: list[str] | None) -> PretrainedModel:
+    """--init_from: a trained stage-1 model to fine-tune on this dataset, every weight loaded (safetensors, strict);
+    it takes the dataset's class names."""
+    model = load_pretrained(name_or_path)
+    config = model.config
+    if (config.image_channels, config.image_size) != (image_channels, image_size):
+        raise SystemExit(f"--init_from {name_or_path} takes {config.image_channels}x{config.image_size}² images; this "
+                         f"dataset gives {image_channels}x{image_size}²: pass --image_size and --channels_in to match")
+    if model.model_type == "cvae" and len(names or []) != config.num_classes:
+        raise SystemExit(f"--init_from {name_or_path} is a CVAE of {config.num_classes} classes, its label embedding "
+                         f"sized for them; this dataset has {len(names or [])}: a CVAE fine-tunes on as many classes")
+    config.class_names = names
+    return model.train()
