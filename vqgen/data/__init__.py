@@ -82,8 +82,14 @@ def load_table(spec: str = DEFAULT_DATASET, split: str = "train", *, skip_bad_im
     Files the source found unusable (empty, not an image, cut short) are an error that lists them, or,
     with `skip_bad_images`, left out with a warning that counts and names them.
     """
-    source, path = _source(spec)
-    table = source.load(str(spec), path, split)
+    try:
+        source, path = _source(spec)
+        table = source.load(str(spec), path, split)
+    except OSError as e:  # the tree itself: a folder or file that cannot be read
+        if isinstance(e, DATA_ERRORS):
+            raise
+        raise DatasetSpecError(f"cannot read {e.filename or spec} ({e.strerror or e}); make it readable, or move it "
+                               "out of the dataset.") from None
     if len(table) == 0:
         raise DatasetSpecError(f"{spec!r} has no images in its {split} split.")
     if "problem" in table.column_names:
@@ -117,6 +123,9 @@ def _geometry(table: datasets.Dataset, spec: str, image_size: int | None, channe
         if colour and modes & GREY_MODES:
             logger.warning("%r mixes grey and colour images: the grey ones are converted to RGB (pass --channels_in 1 "
                            "for grey throughout).", spec)
+    elif channels == 1 and colour:
+        logger.warning("%r holds colour images (%s) and --channels_in 1 turns them grey: L = 0.299 R + 0.587 G + "
+                       "0.114 B (ITU-R 601).", spec, ", ".join(sorted(colour)))
     if image_size is None:
         if len(sizes) > 1 or any(w != h for w, h in sizes):
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
@@ -125,6 +134,33 @@ def _geometry(table: datasets.Dataset, spec: str, image_size: int | None, channe
                                    "shorter side to N and crop the centre square.")
         image_size = next(iter(sizes))[0]
     return image_size, channels
+
+
+# What an image folder's index tells before decoding, and what decoding then does to such an image.
+CONVERSIONS = [
+    ("alpha", lambda c: c["alpha"], "have an alpha channel or a transparent colour: composited on white"),
+    ("bits", lambda c: c["bits"] > 8, "have 16-bit, 32-bit or float samples: scaled by their type's full range "
+                                      "to 8 bits (the nearest of 256 levels)"),
+    ("frames", lambda c: c["frames"] > 1, "have several frames (animated GIF / WebP / PNG, multi-page TIFF): the "
+                                          "first frame is used"),
+    ("mode", lambda c: np.isin(c["mode"], ["CMYK", "LAB", "YCbCr"]), "are CMYK, LAB or YCbCr: converted to RGB "
+                                                                      "by PIL's formulas (docs/data.md)"),
+]
+
+
+def _report_conversions(table: datasets.Dataset, spec: str) -> None:
+    """One warning per kind of image that is not 8-bit L / RGB / palette as stored: how many, which, and what
+    becomes of them (an image folder's index knows without decoding; other sources say it in docs/data.md)."""
+    names = [name for name, _, _ in CONVERSIONS if name in table.column_names]
+    if not names:
+        return
+    columns = table.select_columns(names).with_format("numpy")[:]
+    for name, select, what in CONVERSIONS:
+        if name in columns:
+            hits = np.flatnonzero(select(columns))
+            if len(hits):
+                paths = [cell["path"] for cell in table.select(hits[:3])["image"]]
+                logger.warning("%d image(s) of %r %s (e.g. %s).", len(hits), spec, what, ", ".join(paths))
 
 
 def load_image_dataset(
@@ -158,6 +194,7 @@ def load_image_dataset(
     if max_samples is not None:
         table = table.select(range(min(max_samples, len(table))))
     image_size, channels = _geometry(table, str(spec), image_size, channels)
+    _report_conversions(table, str(spec))
     return ImageDataset(table, image_size=image_size, channels=channels, augmentation=augmentation, seed=seed)
 
 

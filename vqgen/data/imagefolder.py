@@ -15,14 +15,16 @@ import logging
 from pathlib import Path
 
 import datasets
+import numpy as np
 from tqdm.auto import tqdm
 
 from .cache import cached_dataset
-from .image_files import IMAGE_SUFFIXES, inspect_image, iter_image_files, listing_digest
+from .image_files import IMAGE_SUFFIXES, inspect_image, iter_image_files, list_images
 from .source import LOCAL_FORMS, SPLIT_NAMES, DatasetSpecError, Source, carve_split, pick_split
 
 logger = logging.getLogger(__name__)
 ALL_SPLIT_NAMES = {n for names in SPLIT_NAMES.values() for n in names}
+INDEX_VERSION = 2  # the index's columns; a cache of another version is rebuilt
 
 
 class ImageFolder(Source):
@@ -53,7 +55,8 @@ def class_names(*roots: Path) -> list[str] | None:
     """Subfolders holding images are classes (across `roots`, the split folders); a root with images directly
     in it is unlabelled."""
     names = sorted({d.name for root in roots for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")})
-    loose = [p.name for root in roots for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    loose = [p.name for root in roots for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not p.name.startswith(".")]
     if not names:
         return None
     if loose:
@@ -73,16 +76,35 @@ def index_folder(root: Path, names: list[str] | None) -> datasets.Dataset:
     Checking the cache costs one walk of the tree (a stat per file, nothing kept): a process opening an
     unchanged index of a million images holds no list of them.
     """
-    listing, count = listing_digest(root)
-    if not count:
-        raise DatasetSpecError(f"{root} holds no images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif); "
-                               f"expected {LOCAL_FORMS}.")
-    return cached_dataset("imagefolder", [str(root.resolve()), listing, names],
-                          lambda: _build(root, list(iter_image_files(root)), names))
+    listing = list_images(root)
+    if listing.ignored:
+        suffixes = sorted({Path(p).suffix.lower() or "(none)" for p in listing.ignored})
+        logger.warning("%s: ignoring %d file(s) without an image suffix (%s; e.g. %s). vqgen reads %s.", root,
+                       len(listing.ignored), ", ".join(suffixes[:8]), ", ".join(listing.ignored[:3]),
+                       " ".join(sorted(IMAGE_SUFFIXES)))
+    if not listing.count:
+        raise DatasetSpecError(f"{root} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}); expected {LOCAL_FORMS}.")
+    index = cached_dataset("imagefolder", [str(root.resolve()), listing.digest, names, INDEX_VERSION],
+                           lambda: _build(root, list(iter_image_files(root)), names))
+    _warn_empty_classes(index, names, root)
+    return index
+
+
+def _warn_empty_classes(index: datasets.Dataset, names: list[str] | None, root: Path) -> None:
+    """A class without images here (an empty class folder, or one that only another split has) stays a class,
+    so that labels mean the same in every split; say so."""
+    if names is None:
+        return
+    counts = np.bincount(np.asarray(index.data.column("label")), minlength=len(names))
+    empty = [n for n, c in zip(names, counts) if c == 0]
+    if empty:
+        logger.warning("%s: %d class(es) have no images here (%s): they stay classes, with no examples in this split.", root,
+                       len(empty), ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""))
 
 
 def _build(root: Path, files: list, names: list[str] | None) -> datasets.Dataset:
-    columns: dict[str, list] = {"image": [], "width": [], "height": [], "mode": [], "problem": []}
+    columns: dict[str, list] = {"image": [], "width": [], "height": [], "mode": [], "problem": [], "alpha": [],
+                                "bits": [], "frames": []}
     index = {n: i for i, n in enumerate(names or [])}
     labels, strays = [], []
     for f in tqdm(files, desc=f"index {root.name}", disable=len(files) < 2000, unit="img"):
@@ -92,6 +114,9 @@ def _build(root: Path, files: list, names: list[str] | None) -> datasets.Dataset
         columns["height"].append(header.height)
         columns["mode"].append(header.mode)
         columns["problem"].append(header.problem)
+        columns["alpha"].append(header.alpha)
+        columns["bits"].append(header.bits)
+        columns["frames"].append(header.frames)
         if names is not None:
             folder = Path(f.path).relative_to(root).parts[0]
             if folder not in index:
@@ -104,7 +129,8 @@ def _build(root: Path, files: list, names: list[str] | None) -> datasets.Dataset
     # embed every file's bytes in the cache (a copy of the whole collection); the index keeps paths only.
     cell = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     features = {"image": cell, "width": datasets.Value("int32"),
-                "height": datasets.Value("int32"), "mode": datasets.Value("string"), "problem": datasets.Value("string")}
+                "height": datasets.Value("int32"), "mode": datasets.Value("string"), "problem": datasets.Value("string"),
+                "alpha": datasets.Value("bool"), "bits": datasets.Value("int8"), "frames": datasets.Value("int8")}
     if names is not None:
         columns["label"] = labels
         features["label"] = datasets.ClassLabel(names=names)

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_files import DecodeError
+from .image_files import ORIENTATION, SCRAMBLED_TIFF, DecodeError, orientation, scrambled_tiff
 from .transforms import DataAugmentation, transform
 
 
 def decode(record: dict, min_side: int | None = None) -> Image.Image:
-    """An `Image(decode=False)` cell (`{"bytes", "path"}`) as a loaded PIL image; `DecodeError` names the file.
+    """An `Image(decode=False)` cell (`{"bytes", "path"}`) as a loaded PIL image, turned upright by its EXIF
+    orientation (the first frame of an animated one); `DecodeError` names the file.
 
     `min_side`: a JPEG much larger than needed is decoded at a reduced scale (PIL's `draft`: 1/2, 1/4 or
     1/8 in the DCT itself, several times faster) that keeps both sides at least `min_side`.
@@ -32,8 +33,12 @@ def decode(record: dict, min_side: int | None = None) -> Image.Image:
         image = Image.open(io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"])
         if min_side is not None and image.format == "JPEG":
             image.draft(image.mode, (min_side, min_side))
+        if scrambled_tiff(image):
+            raise ValueError(SCRAMBLED_TIFF)
+        # read before `load`, as the index reads it; PIL turns a TIFF upright itself as it loads it
+        turn = None if image.format == "TIFF" else ORIENTATION.get(orientation(image))
         image.load()
-        return image
+        return image if turn is None else image.transpose(turn)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
         raise DecodeError(f"{where} could not be decoded ({type(e).__name__}: {e}); remove or replace it, or pass "
                           "--skip_bad_images (a file damaged inside, with intact header and end, is found only "
@@ -55,7 +60,12 @@ def _item(record: dict, label: int | None, size: int, channels: int, augmentatio
           rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
     """One decoded, transformed item: the image as a `c h w` view of contiguous `h w c` pixels (channels-last
     strides; `collate` stacks the contiguous data) and the label, if any."""
-    pixels = transform(decode(record, _draft_side(size, augmentation)), size, channels, augmentation, rng)
+    image = decode(record, _draft_side(size, augmentation))
+    try:
+        pixels = transform(image, size, channels, augmentation, rng)
+    except ValueError as e:  # samples outside the range of their type (an index checks folders before training)
+        raise DecodeError(f"{record.get('path') or 'an image stored in the dataset'}: {e}; rescale it into that range "
+                          "(or save it as 8- or 16-bit PNG), or remove it.") from e
     item = {"image": torch.from_numpy(pixels).permute(2, 0, 1)}
     if label is not None:
         item["label"] = torch.tensor(label, dtype=torch.int64)

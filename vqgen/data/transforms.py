@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..fields import option
+from .image_files import HIGH_DEPTH
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom
 
@@ -55,12 +56,35 @@ def random_box(width: int, height: int, rng: np.random.Generator, min_scale: flo
     return left, top, left + side, top + side
 
 
+def eight_bit(samples: np.ndarray, top: float) -> np.ndarray:
+    """16-bit, 32-bit or float samples -> the nearest of 256 levels, `top` -> 255 (never clipped: a value
+    outside [0, top] is a ValueError, which the index finds before training)."""
+    if samples.dtype.kind == "f":
+        if not (np.isfinite(samples).all() and samples.min() >= 0 and samples.max() <= top):
+            raise ValueError(f"float samples outside [0, {top}]")
+        return np.floor(samples * (255 / top) + 0.5).astype(np.uint8)
+    if samples.min() < 0 or samples.max() > top:
+        raise ValueError(f"integer samples outside [0, {top}]")
+    return ((samples.astype(np.uint32) * 255 + int(top) // 2) // int(top)).astype(np.uint8)
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` as 8-bit "L" or "RGB": deeper samples scaled by their type's full range, alpha (or a transparent
+    palette entry / colour) composited on white, everything else by PIL's conversions (docs/data.md says which)."""
+    if image.mode in HIGH_DEPTH:
+        image = Image.fromarray(eight_bit(np.asarray(image), HIGH_DEPTH[image.mode]))
+    elif image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), rgba)
+    elif image.mode == "LAB" and mode == "L":  # PIL converts LAB to RGB only
+        image = image.convert("RGB")
+    return image if image.mode == mode else image.convert(mode)
+
+
 def to_pixels(image: Image.Image, size: int, channels: int, box: Box, flip: bool = False) -> np.ndarray:
     """The `box` of `image`, resized (bicubic, antialiased) to `size x size`, as contiguous uint8 `size size c`
     (channels last: batches are stacked that way and viewed as `b c h w`, see `images.collate`)."""
-    mode = "L" if channels == 1 else "RGB"
-    if image.mode != mode:
-        image = image.convert(mode)
+    image = to_mode(image, "L" if channels == 1 else "RGB")
     if box != (0, 0, size, size) or image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
     if flip:
