@@ -7,10 +7,12 @@ all the prior knows of stage 1; `check_compatible` compares it with a tokenizer 
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .architectures import PriorSettings, architecture_config
@@ -124,9 +126,15 @@ def prior_spec(prior: PreTrainedModel) -> PriorSpec:
 
 
 def load_prior(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
-    """Load a prior from a folder or Hub id (safetensors only, never remote code)."""
-    prior = AutoModelForCausalLM.from_pretrained(str(name_or_path), trust_remote_code=False, use_safetensors=True, **kwargs)
+    """Load a prior from a folder or Hub id (safetensors only, never remote code), strictly: every weight
+    the config describes comes from the file, and the file holds no other."""
+    prior, info = AutoModelForCausalLM.from_pretrained(str(name_or_path), trust_remote_code=False, use_safetensors=True,
+                                                       output_loading_info=True, **kwargs)
     prior_spec(prior)  # refuse a plain LM early
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"{name_or_path}: the weights do not match the prior's config.json ({problems}); the "
+                         "weights and the config come from different models")
     return prior.eval()
 
 
@@ -149,3 +157,47 @@ def check_compatible(prior: PreTrainedModel, tokenizer: Any) -> PriorSpec:
             f"{expected.name_or_path!r}. Load that tokenizer, or train a prior on this one."
         )
     return spec
+
+
+def retarget_prior(prior: PreTrainedModel, tokenizer: TokenizerSpec,
+                   class_names: list[str] | None) -> tuple[PreTrainedModel, str | None]:
+    """A trained prior made the prior of `tokenizer` (checked compatible) and `class_names`, to fine-tune on them.
+
+    The token embedding's rows (and the output layer's) follow their meaning: the codes and the start
+    token keep theirs; a class keeps its row by name wherever it now stands; the null class keeps its
+    own; a class the prior never saw, and the null class of a prior that was unconditional, get freshly
+    initialised rows. An unconditional prior made from a conditional one starts its start token from the
+    null class's row: both mean "no class". Returns the prior and what changed (None: the same classes).
+    """
+    old = prior_spec(prior)
+    vocabulary = PriorVocabulary(tokenizer.codebook_size, len(class_names or []))
+    vqgen = PriorSpec(tokenizer=tokenizer, vocabulary=vocabulary, class_names=class_names).to_dict()
+    old_names, names = old.class_names or [], class_names or []
+    if old_names == names:
+        prior.config.vqgen = vqgen
+        return prior, None
+    config = copy.deepcopy(prior.config)
+    config.vocab_size, config.vqgen = vocabulary.size, vqgen
+    new = AutoModelForCausalLM.from_config(config)
+    rows = {token: token for token in range(tokenizer.codebook_size + 1)}  # the codes and the start token
+    rows.update({vocabulary.class_token(i): old.vocabulary.class_token(old_names.index(name))
+                 for i, name in enumerate(names) if name in old_names})
+    if old_names:
+        rows[vocabulary.null_token if names else vocabulary.start_token] = old.vocabulary.null_token
+    vocab_tensors = [getattr(module, name) for module in (new.get_input_embeddings(), new.get_output_embeddings())
+                     for name in ("weight", "bias") if getattr(module, name, None) is not None]
+    vocab_ptrs = {t.data_ptr() for t in vocab_tensors}
+    state = new.state_dict()
+    new.load_state_dict({k: v for k, v in prior.state_dict().items() if state[k].data_ptr() not in vocab_ptrs}, strict=False)
+    targets, sources = torch.tensor(list(rows)), torch.tensor(list(rows.values()))
+    with torch.no_grad():
+        for module, old_module in ((new.get_input_embeddings(), prior.get_input_embeddings()),
+                                   (new.get_output_embeddings(), prior.get_output_embeddings())):
+            for name in ("weight", "bias"):
+                if getattr(module, name, None) is not None:
+                    getattr(module, name)[targets] = getattr(old_module, name)[sources]
+    kept = [n for n in names if n in old_names]
+    notice = (f"classes {old_names or 'none (unconditional)'} -> {names or 'none (unconditional)'}: rows kept for "
+              f"{len(kept)} class(es) by name, fresh rows for {[n for n in names if n not in old_names]}, "
+              f"dropped {[n for n in old_names if n not in names]}")
+    return new, notice

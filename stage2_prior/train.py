@@ -30,7 +30,7 @@ from vqgen.training_loop import finish_training, run_script, train_loop
 
 from .architectures import ARCHITECTURES
 from .codes import DEFAULT_CACHE_DIR, encode_dataset
-from .prior import TokenizerSpec, build_prior, prior_spec
+from .prior import TokenizerSpec, build_prior, check_compatible, load_prior, prior_spec, retarget_prior
 from .saving import push_prior, save_prior
 from .sampling import sample_codes
 from .scoring import sequence_nll
@@ -76,7 +76,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tokenizer is required: the folder or Hub id of a trained VQ-VAE (stage1_tokenizer.train)")
     if not 0 <= args.label_dropout < 1:
         p.error(f"--label_dropout must lie in [0, 1), got {args.label_dropout}")
+    shape = [f"--{f.name}" for f in dataclasses.fields(PriorModelArguments) if getattr(args, f.name) != p.get_default(f.name)]
+    if args.init_from and shape:
+        p.error(f"{', '.join(shape)}: with --init_from the prior's architecture is the trained one's (its config.json); "
+                "leave them out")
     return args
+
+
+def trained_prior(name_or_path: str, tokenizer: VQVAE, spec: TokenizerSpec, names: list[str] | None,
+                  print_fn=print) -> torch.nn.Module:
+    """--init_from: a trained prior to fine-tune, every weight loaded (safetensors, strict), refused unless its codes
+    are this tokenizer's kind; its class rows follow `retarget_prior`'s rule for this data's classes."""
+    try:
+        prior = load_prior(name_or_path)
+        check_compatible(prior, tokenizer)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--init_from {name_or_path}: {e}") from None
+    if prior_spec(prior).tokenizer.name_or_path != spec.name_or_path:
+        print_fn(f"--init_from {name_or_path}: trained on the codes of {prior_spec(prior).tokenizer.name_or_path}, "
+                 f"fine-tuned on those of {spec.name_or_path} (same codebook, grid and images)")
+    prior, notice = retarget_prior(prior, spec, names)
+    if notice:
+        print_fn(f"--init_from {name_or_path}: {notice}")
+    return prior.train()
 
 
 def drop_labels(labels: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -141,7 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if names is None:
         train_codes = train_codes.remove_columns([c for c in ["label"] if c in train_codes.column_names])
         test_codes = test_codes.remove_columns([c for c in ["label"] if c in test_codes.column_names])
-    prior = build_prior(spec, names, **dataclasses.asdict(dataclass_from_arguments(PriorModelArguments, args)))
+    if args.init_from:  # resuming too: the same prior is rebuilt, then the checkpoint's weights replace its own
+        prior = trained_prior(args.init_from, tokenizer, spec, names, accelerator.print)
+    else:
+        prior = build_prior(spec, names, **dataclasses.asdict(dataclass_from_arguments(PriorModelArguments, args)))
     vocab = prior_spec(prior).vocabulary
     pixels = spec.image_channels * spec.image_size**2
     accelerator.print(
