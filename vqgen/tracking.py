@@ -55,8 +55,9 @@ def start_tracking(accelerator: Accelerator, args: argparse.Namespace, project_n
 
 class TrainingWindow:
     """What the optimizer steps since the last log saw, kept on the device so no step waits for it:
-    each loss term summed per micro-batch, the examples (images or tokens) trained on, and for a
-    VQ tokenizer how often each code was picked. `flush` reduces it over processes once.
+    each loss term summed over the micro-batches that reported it (an adversarial loss reports its
+    terms only from its start step on), the examples (images or tokens) trained on, and for a VQ
+    tokenizer how often each code was picked. `flush` reduces it over processes once.
 
     Inactive (every call a no-op) when the run reports to no tracker.
     """
@@ -70,7 +71,8 @@ class TrainingWindow:
 
     def _reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.micro_batches, self.examples, self.seconds = 0, 0, 0.0
+        self.counts: dict[str, int] = {}
+        self.examples, self.seconds = 0, 0.0
         self.codes.zero_()
         self.started = time.perf_counter()
 
@@ -81,7 +83,7 @@ class TrainingWindow:
         for name, value in terms.items():
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.micro_batches += 1
+            self.counts[name] = self.counts.get(name, 0) + 1
         self.examples += examples
         if codes is not None and self.codes.numel():
             self.codes += torch.bincount(codes.flatten(), minlength=self.codes.numel())
@@ -99,14 +101,15 @@ class TrainingWindow:
         seconds = self.seconds + time.perf_counter() - self.started
         names = sorted(self.sums)
         device = self.accelerator.device
-        values = torch.stack([*(self.sums[n] for n in names), torch.tensor(float(self.micro_batches), device=device),
-                              torch.tensor(float(self.examples), device=device)]).double()
-        *sums, micro_batches, examples = self.accelerator.reduce(values, reduction="sum").tolist()
-        scalars = {f"train/{n}": s / max(micro_batches, 1.0) for n, s in zip(names, sums)}
+        counts = torch.tensor([*(self.counts[n] for n in names), self.examples], dtype=torch.float64, device=device)
+        values = torch.cat([*(self.sums[n].double()[None] for n in names), counts])
+        totals = self.accelerator.reduce(values, reduction="sum").tolist()
+        sums, counts, examples = totals[:len(names)], totals[len(names):-1], totals[-1]
+        scalars = {f"train/{n}": s / c for n, s, c in zip(names, sums, counts)}
         scalars[f"train/{self.unit}_per_second"] = examples / max(seconds, 1e-9)
         if self.codes.numel():
-            counts = self.accelerator.reduce(self.codes, reduction="sum")
-            scalars["train/codebook_usage"], scalars["train/perplexity"] = self.codebook_usage(counts)
+            picked = self.accelerator.reduce(self.codes, reduction="sum")
+            scalars["train/codebook_usage"], scalars["train/perplexity"] = self.codebook_usage(picked)
         self._reset()
         return scalars
 

@@ -139,3 +139,34 @@ def test_with_use_ema_evaluation_and_the_saved_model_see_the_average_and_trainin
     assert torch.equal(saved["weight"], state.ema.shadow[0]) and torch.equal(saved["bias"], state.ema.shadow[1])
     assert summary["ema_max_abs_diff_across_processes"] == 0.0
     assert not torch.equal(state.model.weight, state.ema.shadow[0])  # restored after saving
+
+
+def test_the_loop_logs_every_logging_steps_and_measuring_the_gradient_norm_changes_no_weight(tmp_path):
+    """With clipping off, the norm is measured through an infinite bound on logging steps only."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vqgen.tracking import TrainingWindow
+
+    weights = {}
+    for report_to in ["tensorboard", "none"]:
+        args, accelerator, state = start(tmp_path / report_to, "--max_steps", "4", "--logging_steps", "2",
+                                         "--max_grad_norm", "0", "--gradient_accumulation_steps", "2",
+                                         "--report_to", report_to)
+        window = TrainingWindow(accelerator)
+
+        def compute_loss(batch, step):
+            loss = state.model(batch["x"]).pow(2).mean()
+            window.add({"loss": loss, **({"late": torch.tensor(float(step))} if step >= 3 else {})}, len(batch["x"]))
+            return loss, None
+
+        train_loop(accelerator, args, state, compute_loss, lambda step: {"test/m": float(step)}, window=window)
+        weights[report_to] = state.model.weight.detach().clone()
+    assert torch.equal(weights["tensorboard"], weights["none"])
+    assert not (tmp_path / "none" / "logs").exists()
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "logs" / "vqgen"))
+    events.Reload()
+    for tag in ["train/loss", "train/grad_norm", "train/learning_rate", "train/examples_per_second"]:
+        assert [e.step for e in events.Scalars(tag)] == [2, 4], tag
+    # a term that appears mid-window is averaged over the micro-batches that reported it (step 3's two)
+    assert [(e.step, e.value) for e in events.Scalars("train/late")] == [(4, 3.0)]
+    assert [e.step for e in events.Scalars("test/m")] == [4]
