@@ -42,11 +42,6 @@ from .seeds import sample_seed
 
 MANIFEST = "manifest.json"
 SAMPLES, ADM_SAMPLES = "samples.npz", "samples_adm.npz"
-# On a CPU the compiled step is faster than the eager one but costs a compilation first: jobs of this many batches
-# repay it at the MNIST size (docs/performance.md has the measurements)
-CPU_COMPILE_MIN_BATCHES = 32
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="accelerate launch -m pipelines.sample",
@@ -63,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=64, help="samples per shard and per forward pass")
     add_sampling_arguments(p)
     p.add_argument("--compile_prior", choices=["auto", "yes", "no"], default="auto",
-                   help="compile the prior's one-token step (auto: on CUDA, and on a CPU for jobs of "
-                        f"{CPU_COMPILE_MIN_BATCHES}+ batches, which repay the compilation). Changes the speed; the "
-                        "samples only where float rounding decides a draw")
+                   help="compile the prior's one-token step (auto: on CUDA, as CUDA graphs; on a CPU it pays for "
+                        "small priors only, docs/performance.md). Changes the speed; the samples only where float "
+                        "rounding decides a draw")
     args = p.parse_args(argv)
     if args.num_samples <= 0:
         p.error(f"--num_samples must be positive, got {args.num_samples}")
@@ -117,14 +112,9 @@ def merge_shards(shards: list[Path], out: Path, *, num_samples: int, conditional
                     nrow=10)
 
 
-def compile_prior(args: argparse.Namespace, device: torch.device) -> bool | None:
-    """`--compile_prior` as the pipeline takes it (None: `sample_codes`' default, compiled on CUDA only). "auto"
-    compiles on a CPU for a long job. The job decides, not this process's share of it: the compiled and eager
-    steps may draw differently where rounding decides, and samples must not depend on the number of processes."""
-    if args.compile_prior != "auto":
-        return args.compile_prior == "yes"
-    batches = -(-args.num_samples // args.batch_size)
-    return True if device.type == "cpu" and batches >= CPU_COMPILE_MIN_BATCHES else None
+def compile_prior(args: argparse.Namespace) -> bool | None:
+    """`--compile_prior` as the pipeline takes it; None for "auto": `sample_codes`' default, compiled on CUDA only."""
+    return None if args.compile_prior == "auto" else args.compile_prior == "yes"
 
 
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: --compile_prior applies to a two-stage pipeline's prior; {args.model} is a "
                          f"{model.model_type}")
     if hasattr(model, "compile_prior"):
-        model.compile_prior = compile_prior(args, state.device)
+        model.compile_prior = compile_prior(args)
     model.to(state.device)
     manifest = {"model": args.model, "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
                 "labels": None if labels is None else labels.tolist(), "settings": dataclasses.asdict(settings)}
