@@ -14,6 +14,7 @@ from stage1_tokenizer.train import main as train_tokenizer
 from stage2_prior.train import main as train_prior
 from vqgen import tracking
 from vqgen.training import make_accelerator, parse_training_args, training_parser
+from two_processes import launch_two_cpu_processes
 
 TINY = ["--channels", "8", "--num_res_blocks", "1", "--codebook_size", "32", "--code_dim", "4", "--latent_dim", "4",
         "--batch_size", "16", "--max_train_samples", "64", "--max_eval_samples", "32", "--eval_batch_size", "32",
@@ -104,3 +105,17 @@ def test_the_run_config_is_flat_and_leaves_the_hub_token_out(tmp_path):
     assert "hub_token" not in config and config["max_train_minutes"] == 5.0 and config["max_train_samples"] == "None"
     assert all(isinstance(v, (int, float, str, bool)) for v in config.values())
     assert [str(t) for t in make_accelerator(args).log_with] == ["tensorboard"]  # the default
+
+
+@pytest.mark.integration
+def test_under_two_processes_the_windows_are_reduced_and_only_the_main_process_writes(tmp_path):
+    result = launch_two_cpu_processes(
+        "stage1_tokenizer.train", "--model", "vqvae", "--output_dir", str(tmp_path), "--max_steps", "4",
+        "--eval_steps", "4", "--logging_steps", "2", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "logs" / "stage1_tokenizer"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    events = read_events(folder)
+    for tag in ["train/loss", "train/codebook_usage", "train/perplexity", "train/images_per_second"]:
+        assert steps(events, tag) == [2, 4], tag
+    assert [i.step for i in events.Images("images/reconstructions")] == [4]
