@@ -115,6 +115,7 @@ def train_loop(accelerator: Accelerator, args: argparse.Namespace, state: Traini
     if evaluated_at != step:  # a run that stopped on time or signal; one that reached --max_steps just did
         with state.averaged_weights():
             metrics = evaluate(step)
+        accelerator.log(metrics, step=step)
     return TrainingResult(step, metrics, seconds)
 
 

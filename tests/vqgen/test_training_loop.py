@@ -57,8 +57,12 @@ def test_evaluates_every_eval_steps_and_at_the_last_step_once_with_a_metrics_row
 def test_a_run_stopped_by_its_time_limit_is_evaluated_once_at_the_step_it_stopped(tmp_path, capsys):
     args, accelerator, state = start(tmp_path, "--max_steps", "5", "--eval_steps", "2", "--max_train_minutes", "0")
     evaluated = []
-    result = train_loop(accelerator, args, state, squared(state), lambda step: evaluated.append(step) or {})
+    result = train_loop(accelerator, args, state, squared(state), lambda step: evaluated.append(step) or {"test/m": 1.0})
     assert result.step == 1 and evaluated == [1]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "logs" / "vqgen"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/m")] == [1]  # the tracker has that evaluation too
     out, err = capsys.readouterr()
     assert "stopping at step 1: --max_train_minutes 0.0 reached" in out + err
 
