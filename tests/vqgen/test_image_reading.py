@@ -4,7 +4,6 @@ Each file is written with PIL (or by hand, for what PIL cannot write) in a scrat
 dataset item holds: the decoded, upright image converted to 8-bit grey or RGB at its own size.
 """
 
-import io
 import os
 import struct
 import zlib
@@ -429,3 +428,15 @@ def test_an_image_damaged_inside_read_by_a_worker_is_a_one_line_error(tmp_path, 
     loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), num_workers=1, collate_fn=ds.collate)
     err = one_line_error(capsys, lambda: next(iter(loader)))
     assert "cat/1.png could not be decoded" in err and "DataLoader worker" not in err
+
+
+def test_classes_are_the_union_of_the_split_folders_and_loose_images_beside_classes_are_refused(tmp_path, caplog):
+    root = tmp_path / "data"
+    tree(root / "train", classes=("cat", "dog"))
+    tree(root / "test", classes=("cat", "dog", "fox"))
+    train, test = load_image_dataset(str(root), "train"), load_image_dataset(str(root), "test")
+    assert train.class_names == test.class_names == ["cat", "dog", "fox"]
+    assert sorted(test.labels.tolist()) == [0, 0, 1, 1, 2, 2] and "1 class(es) have no images here (fox)" in caplog.text
+    saved(Image.new("RGB", (8, 8)), root / "train" / "loose.png")
+    with pytest.raises(DatasetSpecError, match=r"mixes class subfolders.*loose.png"):
+        load_image_dataset(str(root), "train")

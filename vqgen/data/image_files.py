@@ -173,8 +173,8 @@ def scrambled_tiff(image: Image.Image) -> bool:
 def orientation(image: Image.Image) -> int:
     """The EXIF orientation tag (1: as stored), read before `load`. A PNG's EXIF counts only if it precedes the
     pixels (as PIL and most tools write it): reading a later one would mean decoding the image."""
-    if image.format == "PNG" and "exif" not in image.info:
-        return 1
+    if image.format != "TIFF" and not {"exif", "xmp", "XML:com.adobe.xmp"} & image.info.keys():
+        return 1  # no EXIF or XMP to read (most files): the common case costs a set intersection
     try:
         return int(image.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # noqa: BLE001 - damaged EXIF: PIL's decoder ignores it as well
