@@ -1,13 +1,14 @@
 """Run under 2 processes by tests/test_data_at_scale.py: which training examples each process sees in one epoch."""
 
 import argparse
+import dataclasses
 import json
 import sys
 
 import torch
 
 from vqgen.distributed import leave_after_distributed_run
-from vqgen.training import make_accelerator, prepare_training
+from vqgen.training import TrainingArguments, make_accelerator, prepare_training
 
 
 class Numbers(torch.utils.data.Dataset):
@@ -19,10 +20,10 @@ class Numbers(torch.utils.data.Dataset):
 
 
 def main(out: str) -> None:
-    args = argparse.Namespace(seed=0, gradient_accumulation_steps=1, mixed_precision=None, torch_compile=False,
-                              batch_size=8, learning_rate=1e-3, weight_decay=0.0, lr_scheduler="constant",
-                              warmup_steps=0, max_steps=4, dataloader_num_workers=1, resume_from_checkpoint=None,
-                              output_dir=str(out) + ".run")
+    # every shared option at its default, so the probe follows new ones
+    args = argparse.Namespace(**{**dataclasses.asdict(TrainingArguments()), "batch_size": 8, "lr_scheduler": "constant",
+                                 "warmup_steps": 0, "max_steps": 4, "dataloader_num_workers": 1, "report_to": "none",
+                                 "output_dir": str(out) + ".run"})
     accelerator = make_accelerator(args)
     state = prepare_training(accelerator, torch.nn.Linear(1, 1), Numbers(), None, args)
     batches = state.batches(1)

@@ -40,8 +40,8 @@ class EMA:
     def update(self) -> None:
         """shadow <- decay * shadow + (1 - decay) * parameter, from the parameters every process holds alike."""
         weight = 1.0 - self.decay(self.num_updates)
-        if self.shadow:  # the foreach ops refuse empty lists
-            torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.parameters], weight)
+        for shadow, parameter in zip(self.shadow, self.parameters):
+            shadow.lerp_(parameter.detach().float(), weight)
         self.num_updates += 1
 
     @contextlib.contextmanager
@@ -52,12 +52,14 @@ class EMA:
             return
         with torch.no_grad():
             own = [p.detach().clone() for p in self.parameters]
-            torch._foreach_copy_(self.parameters, [s.to(p.dtype) for s, p in zip(self.shadow, self.parameters)])
+            for parameter, shadow in zip(self.parameters, self.shadow):
+                parameter.copy_(shadow)
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(self.parameters, own)
+                for parameter, kept in zip(self.parameters, own):
+                    parameter.copy_(kept)
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_updates": self.num_updates, "shadow": dict(zip(self.names, self.shadow))}

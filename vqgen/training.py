@@ -201,7 +201,6 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     )
     set_seed(args.seed)
     keep_process_group_alive()
-    save_run_args(accelerator, args)
     return accelerator
 
 
@@ -350,7 +349,8 @@ def prepare_training(accelerator: Accelerator, model: torch.nn.Module,
             ) from e
         step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resumed from {checkpoint} at step {step}")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # the run is accepted: its folder and options, nothing before a refusal
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    save_run_args(accelerator, args)
     return TrainingState(model, optimizer, scheduler, train_loader, test_loader, step, prepared_auxiliary,
                          device=accelerator.device, ema=ema)
