@@ -201,3 +201,18 @@ def retarget_prior(prior: PreTrainedModel, tokenizer: TokenizerSpec,
               f"{len(kept)} class(es) by name, fresh rows for {[n for n in names if n not in old_names]}, "
               f"dropped {[n for n in old_names if n not in names]}")
     return new, notice
+
+
+def finetuning_prior(name_or_path: str | os.PathLike, tokenizer: Any, spec: TokenizerSpec, class_names: list[str] | None,
+                     print_fn=print) -> PreTrainedModel:
+    """`--init_from`: a trained prior to fine-tune, every weight loaded (safetensors, strict), refused (ValueError)
+    unless its codes are `tokenizer`'s kind; its class rows follow `retarget_prior`'s rule for `class_names`."""
+    prior = load_prior(name_or_path)
+    check_compatible(prior, tokenizer)
+    if prior_spec(prior).tokenizer.name_or_path != spec.name_or_path:
+        print_fn(f"--init_from {name_or_path}: trained on the codes of {prior_spec(prior).tokenizer.name_or_path}, "
+                 f"fine-tuned on those of {spec.name_or_path} (same codebook, grid and images)")
+    prior, notice = retarget_prior(prior, spec, class_names)
+    if notice:
+        print_fn(f"--init_from {name_or_path}: {notice}")
+    return prior.train()

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
 
 from stage1_tokenizer import VQVAE
 from vqgen.cli import add_dataclass_arguments, dataclass_from_arguments
@@ -30,11 +27,10 @@ from vqgen.training_loop import finish_training, run_script, train_loop
 
 from .architectures import ARCHITECTURES
 from .codes import DEFAULT_CACHE_DIR, encode_dataset
-from .prior import TokenizerSpec, build_prior, check_compatible, load_prior, prior_spec, retarget_prior
+from .prior import TokenizerSpec, build_prior, finetuning_prior, prior_spec
 from .saving import push_prior, save_prior
 from .sampling import sample_codes
-from .scoring import sequence_nll
-from .vocabulary import PriorVocabulary
+from .scoring import held_out_nll
 
 
 TRACKED_SAMPLE_ROWS = 4  # of the sample grid logged to the trackers at each evaluation
@@ -83,49 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def trained_prior(name_or_path: str, tokenizer: VQVAE, spec: TokenizerSpec, names: list[str] | None,
-                  print_fn=print) -> torch.nn.Module:
-    """--init_from: a trained prior to fine-tune, every weight loaded (safetensors, strict), refused unless its codes
-    are this tokenizer's kind; its class rows follow `retarget_prior`'s rule for this data's classes."""
-    try:
-        prior = load_prior(name_or_path)
-        check_compatible(prior, tokenizer)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--init_from {name_or_path}: {e}") from None
-    if prior_spec(prior).tokenizer.name_or_path != spec.name_or_path:
-        print_fn(f"--init_from {name_or_path}: trained on the codes of {prior_spec(prior).tokenizer.name_or_path}, "
-                 f"fine-tuned on those of {spec.name_or_path} (same codebook, grid and images)")
-    prior, notice = retarget_prior(prior, spec, names)
-    if notice:
-        print_fn(f"--init_from {name_or_path}: {notice}")
-    return prior.train()
-
-
 def drop_labels(labels: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """`b` labels with each replaced by -1 (the null class) with `probability`: what teaches guidance."""
     drop = torch.rand(labels.shape, generator=generator, device="cpu").to(labels.device) < probability
     return torch.where(drop, -1, labels)
-
-
-@torch.no_grad()
-def evaluate(accelerator: Accelerator, prior: torch.nn.Module, loader: DataLoader, vocab: PriorVocabulary, conditional: bool,
-             pixels_per_image: int) -> dict[str, float]:
-    """Held-out negative log-likelihood of the codes: nats and bits per token, bits per pixel-dimension."""
-    prior.eval()
-    total_nll, total_tokens, total_images = 0.0, 0, 0
-    for batch in loader:
-        ids = vocab.sequences(batch["codes"], batch.get("label") if conditional else None)
-        nll = accelerator.gather_for_metrics(sequence_nll(prior, ids))
-        total_nll += nll.sum().item()
-        total_images += nll.shape[0]
-        total_tokens += nll.shape[0] * (ids.shape[1] - 1)
-    prior.train()
-    nats = total_nll / total_tokens
-    return {
-        "test/nats_per_token": nats,
-        "test/bits_per_token": nats / math.log(2),
-        "test/bits_per_pixel_dim": total_nll / total_images / math.log(2) / pixels_per_image,
-    }
 
 
 @torch.no_grad()
@@ -164,7 +121,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_codes = train_codes.remove_columns([c for c in ["label"] if c in train_codes.column_names])
         test_codes = test_codes.remove_columns([c for c in ["label"] if c in test_codes.column_names])
     if args.init_from:  # resuming too: the same prior is rebuilt, then the checkpoint's weights replace its own
-        prior = trained_prior(args.init_from, tokenizer, spec, names, accelerator.print)
+        try:
+            prior = finetuning_prior(args.init_from, tokenizer, spec, names, accelerator.print)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--init_from {args.init_from}: {e}") from None
     else:
         prior = build_prior(spec, names, **dataclasses.asdict(dataclass_from_arguments(PriorModelArguments, args)))
     vocab = prior_spec(prior).vocabulary
@@ -205,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     result = train_loop(accelerator, args, state, compute_loss, hook=samples, desc="train prior", window=window,
                         project_name="stage2_prior",
-                        evaluate=lambda step: evaluate(accelerator, prior, state.test_loader, vocab, bool(names), pixels),
+                        evaluate=lambda step: held_out_nll(accelerator, prior, state.test_loader, vocab, bool(names), pixels),
                         loss_name="train/nats_per_token",
                         record_extras=lambda seconds: {"train/tokens_per_second": round(tokens_seen / seconds, 1)})
 
