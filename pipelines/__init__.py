@@ -12,6 +12,7 @@ from vqgen.sampling_settings import SamplingSettings
 
 from .generation import generate
 from .loading import load_model
+from .outputs import ImageGenerationOutput
 from .pipeline import PipelineConfig, TwoStagePipeline
 
-__all__ = ["PipelineConfig", "SamplingSettings", "TwoStagePipeline", "generate", "load_model"]
+__all__ = ["ImageGenerationOutput", "PipelineConfig", "SamplingSettings", "TwoStagePipeline", "generate", "load_model"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Unpack
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from stage1_tokenizer import VQVAE
@@ -39,7 +40,8 @@ from vqgen.pretrained import (
 from vqgen.sampling_settings import SETTING_NAMES, SamplingKwargs, SamplingSettings
 
 from .labels import Labels
-from .sampling import Images, OutputType, sample
+from .outputs import ImageGenerationOutput
+from .sampling import Generator, OutputType, StepCallback, sample
 
 PIPELINE_CONFIG_NAME = "pipeline_config.json"
 PIPELINE_FORMAT_VERSION = 2  # 2: the sampling settings in one sub-dict
@@ -65,7 +67,7 @@ class TwoStagePipeline:
     """A tokenizer (`VQVAE`) and a prior (a `transformers` causal LM) that belong together.
 
     >>> pipe = TwoStagePipeline.from_parts("runs/vqvae", "runs/prior")
-    >>> images = pipe(num_samples=8, class_labels="7", seed=0)
+    >>> images = pipe(num_samples=8, class_labels="7", seed=0).images
     """
 
     # The interface every model of the pipelines has (pipelines/protocols.py).
@@ -115,32 +117,48 @@ class TwoStagePipeline:
     def device(self) -> torch.device:
         return next(self.prior.parameters()).device
 
-    def to(self, device: str | torch.device) -> TwoStagePipeline:
-        self.tokenizer.to(device)
-        self.prior.to(device)
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.prior.parameters()).dtype
+
+    def to(self, device: str | torch.device | torch.dtype | None = None,
+           dtype: torch.dtype | None = None) -> TwoStagePipeline:
+        """Move both halves, as diffusers' `pipe.to("cuda")`, `pipe.to(torch.bfloat16)`, `pipe.to("cuda", dtype)`."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
+        for model in (self.tokenizer, self.prior):
+            model.to(device=device, dtype=dtype)
         return self
 
     # -- sampling -----------------------------------------------------------------------------------
     def __call__(
         self,
-        num_samples: int = 1,
+        num_samples: int | None = None,
         class_labels: Labels = None,
         *,
         sampling: SamplingSettings | None = None,
         seed: int | None = None,
+        generator: Generator = None,
         batch_size: int = 64,
         output_type: OutputType = "pil",
         device: str | torch.device | None = None,
         progress: bool = True,
+        prompt_codes: torch.Tensor | None = None,
+        callback_on_step_end: StepCallback | None = None,
         **kwargs: Unpack[SamplingKwargs],
-    ) -> Images:
-        """Sample `num_samples` images; the arguments are those of `pipelines.generate`.
+    ) -> ImageGenerationOutput:
+        """Sample images: `pipe(class_labels=[1, 2, 3]).images` (3 PIL images); the arguments are those of
+        `pipelines.generate`.
 
         `sampling` None takes this pipeline's defaults (`self.config.sampling`), whose guidance applies
         only with `class_labels`; keyword settings take the place of its fields. Sample i comes from seed (seed, i).
+        `.codes` holds the code grids drawn (`b h w` long); `output_type="latent"` puts them in `.images` too.
         """
-        return sample(self, num_samples, class_labels, sampling=sampling, seed=seed, batch_size=batch_size,
-                      output_type=output_type, device=device, progress=progress, **kwargs)
+        return sample(self, num_samples, class_labels, sampling=sampling, seed=seed, generator=generator,
+                      batch_size=batch_size, output_type=output_type, device=device, progress=progress,
+                      prompt_codes=prompt_codes, callback_on_step_end=callback_on_step_end, **kwargs)
 
     def sampling_settings(self, sampling: SamplingSettings | None = None, *, conditional: bool = False,
                           **kwargs: Unpack[SamplingKwargs]) -> SamplingSettings:
@@ -155,12 +173,35 @@ class TwoStagePipeline:
         return settings.check_for(codebook_size=self.spec.tokenizer.codebook_size, conditional=self.num_classes > 0)
 
     @torch.no_grad()
+    def sample_latents(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
+                       settings: SamplingSettings, *, prompt_codes: torch.Tensor | None = None,
+                       callback_on_step_end: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+        """One code grid per generator, `b h w` long; `prompt_codes` (`b t`) are kept as the first t codes.
+
+        `callback_on_step_end(pipe, step, timestep, callback_kwargs)` runs once per drawn code: `step` counts the codes
+        drawn in this batch from 0, `timestep` is the code's position in raster order (t + step), `callback_kwargs`
+        is `{"codes": b timestep+1}` (the codes so far). Its return value is ignored: drawn codes stay as drawn.
+        `progress` shows a bar over the code positions.
+        """
+        (h, w), done = self.spec.tokenizer.grid_shape, 0 if prompt_codes is None else prompt_codes.shape[1]
+        with tqdm(total=h * w - done, desc="codes", unit="code", leave=False, disable=not progress) as bar:
+            def on_code(position: int, codes: torch.Tensor) -> None:
+                bar.update()
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, position - done, position, {"codes": codes})
+
+            return sample_codes(self.prior, len(generators), settings, class_labels=labels, generator=generators,
+                                prompt_codes=prompt_codes, compile=self.compile_prior, callback=on_code)
+
+    def decode_latent(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Code grids `b h w` -> images `b c h w` in [0, 1] (the tokenizer takes no labels)."""
+        return self.tokenizer.detokenize(codes.to(self.tokenizer.device))
+
+    @torch.no_grad()
     def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
                      settings: SamplingSettings) -> torch.Tensor:
         """One image per generator, `b c h w` in [0, 1]: the prior draws a code grid, the tokenizer decodes it."""
-        codes = sample_codes(self.prior, len(generators), settings, class_labels=labels, generator=generators,
-                             compile=self.compile_prior)
-        return self.tokenizer.detokenize(codes.to(self.tokenizer.device))
+        return self.decode_latent(self.sample_latents(labels, generators, settings))
 
     @torch.no_grad()
     def complete_codes(self, prompt_codes: torch.Tensor, labels: torch.Tensor | None,
@@ -174,10 +215,11 @@ class TwoStagePipeline:
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_parts(cls, tokenizer: str | os.PathLike, prior: str | os.PathLike, **config: Any) -> TwoStagePipeline:
+    def from_parts(cls, tokenizer: str | os.PathLike, prior: str | os.PathLike, *, torch_dtype: torch.dtype | None = None,
+                   **config: Any) -> TwoStagePipeline:
         """Load a tokenizer and a prior (folders or Hub ids) and check that they match.
 
-        `config` overrides fields of the default `PipelineConfig` (e.g. `sampling=SamplingSettings(...)`);
+        `torch_dtype` as in `from_pretrained`. `config` overrides fields of the default `PipelineConfig` (e.g. `sampling=SamplingSettings(...)`);
         a sampling setting given by name (e.g. `guidance_scale=3.0`) overrides that field of its `sampling`.
         """
         pipe = cls(VQVAE.from_pretrained(tokenizer), load_prior(prior))
@@ -185,20 +227,26 @@ class TwoStagePipeline:
             settings = {name: config.pop(name) for name in SETTING_NAMES if name in config}
             sampling = SamplingSettings.resolve(config.pop("sampling", None), pipe.config.sampling, **settings)
             pipe = cls(pipe.tokenizer, pipe.prior, dataclasses.replace(pipe.config, sampling=sampling, **config))
-        return pipe
+        return pipe.to(dtype=torch_dtype)
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None
+        cls, name_or_path: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None,
+        torch_dtype: torch.dtype | None = None,
     ) -> TwoStagePipeline:
-        """Load a folder written by `save_pretrained`, or a Hub repo with that layout."""
+        """Load a folder written by `save_pretrained`, or a Hub repo with that layout.
+
+        `torch_dtype` (e.g. `torch.bfloat16` for sampling on a GPU) casts both halves; None keeps float32.
+        """
         folder = resolve_model_folder(name_or_path, (PIPELINE_CONFIG_NAME,), revision=revision, token=token)
         config = read_pipeline_config(folder / PIPELINE_CONFIG_NAME)
         if Path(name_or_path).is_dir():
-            return cls(VQVAE.from_pretrained(folder / "tokenizer"), load_prior(folder / "prior"), config)
-        tokenizer = VQVAE.from_pretrained(str(name_or_path), subfolder="tokenizer", revision=revision, token=token)
-        prior = load_prior(str(name_or_path), subfolder="prior", revision=revision, token=token)
-        return cls(tokenizer, prior, config)
+            pipe = cls(VQVAE.from_pretrained(folder / "tokenizer"), load_prior(folder / "prior"), config)
+        else:
+            tokenizer = VQVAE.from_pretrained(str(name_or_path), subfolder="tokenizer", revision=revision, token=token)
+            prior = load_prior(str(name_or_path), subfolder="prior", revision=revision, token=token)
+            pipe = cls(tokenizer, prior, config)
+        return pipe.to(dtype=torch_dtype)
 
     # -- saving -------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, *, sample_grid: bool = True) -> Path:
@@ -209,7 +257,7 @@ class TwoStagePipeline:
         if sample_grid:  # one row of 8 per class (64 unconditional samples without classes), seed 0
             labels = class_grid_labels(self.num_classes)
             images = self(num_samples=64 if labels is None else len(labels), class_labels=labels, seed=0,
-                          output_type="pt", device=self.device, progress=False)
+                          output_type="pt", progress=False).images
             save_image_grid(images, folder / SAMPLES_NAME, nrow=8)
         atomic_write_text(folder / "README.md", self.model_card(with_samples=sample_grid))
         data = {"format_version": PIPELINE_FORMAT_VERSION, **dataclasses.asdict(self.config)}
@@ -236,7 +284,7 @@ class TwoStagePipeline:
             ),
             usage=("from pipelines import TwoStagePipeline\n"
                    "pipe = TwoStagePipeline.from_pretrained(\"<this folder or repo id>\")\n"
-                   "images = pipe(num_samples=16, seed=0)  # or pipelines.generate(\"<this folder or repo id>\", ...)"),
+                   "images = pipe(num_samples=16, seed=0).images  # or pipelines.generate(\"<this folder or repo id>\", ...)"),
             sections={"Default sampling": f"Guidance scale {s.guidance_scale}, temperature {s.temperature}, "
                                           f"top-k {s.top_k}, top-p {s.top_p}."},
             metrics={**{f"tokenizer {k}": v for k, v in self.tokenizer.card_data.get("metrics", {}).items()},

@@ -8,7 +8,8 @@ pipelines. Capabilities are flags that say which further methods a model has:
     is_discrete   tokenize, detokenize, codebook_size, grid_shape      (VQ-VAE)
     has_elbo      encode -> GaussianPosterior, decode_logits,
                   log_likelihood, negative_elbo                        (VAE, CVAE)
-    can_sample    sampling_settings, sample_batch                      (VAE, CVAE, two-stage pipeline)
+    can_sample    sampling_settings, sample_latents, decode_latent,
+                  sample_batch                                         (VAE, CVAE, two-stage pipeline)
 
 A discrete autoencoder that can sample does so through a prior over its codes: such a model (the
 two-stage pipeline) also has `prior` and `complete_codes`.
@@ -75,6 +76,15 @@ class ImageSampler(Labelled, Protocol):
         `conditional`: whether the samples will have class labels. Refuses what does not apply,
         before any work.
         """
+
+    def sample_latents(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
+                       settings: SamplingSettings) -> torch.Tensor:
+        """One latent per generator on the model's device: a VAE's z `b *latent_shape`, a pipeline's code grid `b h w`
+        (a pipeline also takes `prompt_codes`, `callback_on_step_end` and `progress`). Latent i depends only on
+        `generators[i]` (and its label), not on the batch it is drawn in."""
+
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """What `sample_latents` drew -> images `b c H W` in [0, 1]."""
 
     def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
                      settings: SamplingSettings) -> torch.Tensor:

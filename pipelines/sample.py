@@ -35,7 +35,7 @@ from vqgen.sampling_settings import add_sampling_arguments, sampling_kwargs
 from .npz_writer import NpzWriter
 from vqgen.image_grid import save_image_grid
 
-from .labels import resolve_labels
+from .labels import batch_labels
 from .loading import load_model
 from .sampling import sample_images
 from .seeds import sample_seed
@@ -50,10 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="folder or Hub id of a pipeline, VAE or CVAE")
-    p.add_argument("--num_samples", type=int, required=True, help="how many images")
+    p.add_argument("--num_samples", type=int, default=None,
+                   help="how many images (default: one per --class_labels); labels are cycled to fill them")
     p.add_argument("--out", required=True, help="output folder (shards/, samples.npz, samples_adm.npz, samples.png)")
     p.add_argument("--class_labels", nargs="+", default=None,
-                   help="class ids or names: one for all samples, or cycled over the samples (e.g. 0 1 2 ... 9)")
+                   help="class ids or names: one for all samples, or cycled over the samples (e.g. 0 1 2 ... 9), "
+                        "as pipe(...) and pipelines.generate do")
     p.add_argument("--seed", type=int, default=0, help="sample i is drawn with seed (seed, i)")
     p.add_argument("--batch_size", type=int, default=64, help="samples per shard and per forward pass")
     add_sampling_arguments(p)
@@ -62,21 +64,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "small priors only, docs/performance.md). Changes the speed; the samples only where float "
                         "rounding decides a draw")
     args = p.parse_args(argv)
-    if args.num_samples <= 0:
+    if args.num_samples is None and args.class_labels is None:
+        p.error("give --num_samples, or --class_labels to draw one sample per label")
+    if args.num_samples is not None and args.num_samples <= 0:
         p.error(f"--num_samples must be positive, got {args.num_samples}")
     if args.batch_size <= 0:
         p.error(f"--batch_size must be positive, got {args.batch_size}")
     return args
 
 
-def cycled_labels(class_labels: list[str] | None, num_samples: int) -> list[int | str] | None:
-    """Command-line labels (class ids or names, parsed by `resolve_labels`), repeated over the samples:
-    `0 1 2` -> 0 1 2 0 1 2 ..."""
+def command_line_labels(class_labels: list[str] | None) -> list[int | str] | None:
+    """Command-line labels as `batch_labels` takes them: a number is a class id (as in vqgen 0.1), anything else
+    a class name."""
     if class_labels is None:
         return None
-    # On the command line a number is a class id (as in vqgen 0.1), anything else a class name.
-    values = [int(v) if v.lstrip("-").isdigit() else v for v in class_labels]
-    return [values[i % len(values)] for i in range(num_samples)]
+    return [int(v) if v.lstrip("-").isdigit() else v for v in class_labels]
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state = Accelerator()  # not PartialState: only Accelerator honours ACCELERATE_USE_CPU (gloo on CPU)
     out = Path(args.out)
     model = load_model(args.model, generative=True)
-    labels = resolve_labels(model, cycled_labels(args.class_labels, args.num_samples), args.num_samples)
+    # the API's rule: one sample per label without --num_samples, labels cycled over the samples with it
+    args.num_samples, labels = batch_labels(model, command_line_labels(args.class_labels), args.num_samples)
     settings = model.sampling_settings(conditional=labels is not None, **sampling_kwargs(args))
     if args.compile_prior != "auto" and not hasattr(model, "compile_prior"):
         raise SystemExit(f"error: --compile_prior applies to a two-stage pipeline's prior; {args.model} is a "

@@ -7,8 +7,8 @@ its own generator seeded from (seed, i), so batching never changes an image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, Unpack
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Unpack
 
 import numpy as np
 import torch
@@ -18,24 +18,27 @@ from tqdm.auto import tqdm
 from vqgen.sampling_settings import SamplingKwargs, SamplingSettings
 from vqgen.validation import is_integer
 
-from .labels import Labels, resolve_labels
+from .labels import Labels, batch_labels
+from .outputs import ImageGenerationOutput, Images
 from .protocols import ImageSampler
-from .seeds import random_seed, sample_generators
+from .seeds import call_generators, check_generator, sample_generators
 
-OutputType = Literal["pil", "pt", "np"]
-Images = list[Image.Image] | torch.Tensor | np.ndarray
+OutputType = Literal["pil", "pt", "np", "latent"]
+Generator = torch.Generator | Sequence[torch.Generator] | None
+StepCallback = Callable[[Any, int, int, dict[str, torch.Tensor]], Any]
 
 
-def check_request(num_samples: int, batch_size: int, output_type: OutputType, seed: int | None = None,
-                  device: str | torch.device | None = None) -> None:
+def check_request(num_samples: int | None, batch_size: int, output_type: OutputType, seed: int | None = None,
+                  device: str | torch.device | None = None, generator: Generator = None) -> None:
     """Refuse a malformed request before anything is loaded or drawn."""
-    if output_type not in ("pil", "pt", "np"):
-        raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+    if output_type not in ("pil", "pt", "np", "latent"):
+        raise ValueError(f"output_type must be 'pil', 'pt', 'np' or 'latent', got {output_type!r}")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if not is_integer(value) or value <= 0:
+        if (value is not None or name == "batch_size") and (not is_integer(value) or value <= 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if seed is not None and (not is_integer(seed) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    check_generator(generator, seed)
     if device is not None:
         try:
             torch.device(device)
@@ -65,34 +68,74 @@ def to_output(images: torch.Tensor, output_type: OutputType) -> Images:
     return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
 
 
+def step_options(model: ImageSampler, num_samples: int, prompt_codes: torch.Tensor | None,
+                 callback_on_step_end: StepCallback | None, progress: bool) -> dict[str, Any]:
+    """What a model that draws code by code (a two-stage pipeline) takes besides labels and generators; refused
+    for the others (the VAE family draws in one step)."""
+    if not model.autoencoder.is_discrete:
+        if prompt_codes is not None or callback_on_step_end is not None:
+            raise ValueError(f"prompt_codes and callback_on_step_end apply to a two-stage pipeline, which draws code by "
+                             f"code; this {model.model_type} draws each sample in one step")
+        return {}
+    if prompt_codes is not None:
+        prompt_codes = torch.as_tensor(prompt_codes)
+        prompt_codes = prompt_codes[None] if prompt_codes.ndim == 1 else prompt_codes
+        if prompt_codes.ndim != 2 or prompt_codes.shape[0] not in (1, num_samples):
+            raise ValueError(f"prompt_codes must be `t` codes for every sample or `b t` with b = num_samples "
+                             f"({num_samples}), got shape {tuple(prompt_codes.shape)}")
+        prompt_codes = prompt_codes.expand(num_samples, -1)
+    return {"prompt_codes": prompt_codes, "callback_on_step_end": callback_on_step_end, "progress": progress}
+
+
+@torch.no_grad()
 def sample(
     model: ImageSampler,
-    num_samples: int = 1,
+    num_samples: int | None = None,
     class_labels: Labels = None,
     *,
     sampling: SamplingSettings | None = None,
     seed: int | None = None,
+    generator: Generator = None,
     batch_size: int = 64,
     output_type: OutputType = "pil",
     device: str | torch.device | None = None,
     progress: bool = True,
+    prompt_codes: torch.Tensor | None = None,
+    callback_on_step_end: StepCallback | None = None,
     **kwargs: Unpack[SamplingKwargs],
-) -> Images:
-    """`num_samples` images from `model`; every argument is refused before any work if it does not apply.
-
-    See `pipelines.generate` for the arguments. `model` is moved to `device` (None: CUDA when available).
-    """
-    check_request(num_samples, batch_size, output_type, seed, device)
-    labels = resolve_labels(model, class_labels, num_samples)
+) -> ImageGenerationOutput:
+    """Images from `model` as an `ImageGenerationOutput`; every argument is refused before any work if it does not
+    apply. See `pipelines.generate` for the arguments. `device` None samples where the model is."""
+    check_request(num_samples, batch_size, output_type, seed, device, generator)
+    if num_samples is None and class_labels is None:  # the batch follows the prompts or the generators given
+        num_samples = batch_from(prompt_codes, generator)
+    num_samples, labels = batch_labels(model, class_labels, num_samples)
     settings = model.sampling_settings(sampling, conditional=labels is not None, **kwargs)
-    seed = random_seed() if seed is None else seed
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    options = step_options(model, num_samples, prompt_codes, callback_on_step_end, progress)
+    prompt = options.pop("prompt_codes", None)
+    generators, seed = call_generators(num_samples, seed, generator)
+    if device is not None:  # None: where the model is, so `pipe.to(...)` holds
+        model.to(device)
 
-    batches = []
+    latents, images = [], []
     starts = range(0, num_samples, batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress or len(starts) == 1):
-        indices = range(start, min(start + batch_size, num_samples))
-        batch_labels = None if labels is None else labels[indices.start : indices.stop]
-        batches.append(sample_images(model, indices, batch_labels, settings, seed).cpu())
-    return to_output(torch.cat(batches), output_type)
+        end = min(start + batch_size, num_samples)
+        labels_ = None if labels is None else labels[start:end].to(model.device)
+        prompt_ = {} if prompt is None else {"prompt_codes": prompt[start:end]}
+        z = model.sample_latents(labels_, generators[start:end], settings, **options, **prompt_)
+        latents.append(z.cpu())
+        if output_type != "latent":
+            images.append(model.decode_latent(z, labels_).cpu())
+    latents = torch.cat(latents)
+    return ImageGenerationOutput(
+        images=latents if output_type == "latent" else to_output(torch.cat(images), output_type),
+        codes=latents if model.autoencoder.is_discrete else None,
+        class_labels=None if labels is None else labels.cpu(), seed=seed)
+
+
+def batch_from(prompt_codes: torch.Tensor | None, generator: Generator) -> int | None:
+    """The batch size that `b t` prompt codes or a list of generators imply; None when neither does."""
+    if prompt_codes is not None and torch.as_tensor(prompt_codes).ndim == 2:
+        return len(prompt_codes)
+    return len(generator) if isinstance(generator, Sequence) else None

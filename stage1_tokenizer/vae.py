@@ -151,12 +151,17 @@ class VAE(Autoencoder):
         """Only `temperature` (the standard deviation of z) applies; a prior's knobs are refused."""
         return gaussian_latent_settings(type(self).__name__, sampling, **kwargs)
 
+    def sample_latents(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
+                       settings: SamplingSettings) -> torch.Tensor:
+        """One z ~ N(0, temperature^2 I) per generator, `b *latent_shape`, each drawn with its own generator."""
+        return GaussianPosterior.standard_normal(self.latent_shape, self.device).sample_seeded(generators,
+                                                                                              settings.temperature)
+
     @torch.no_grad()
     def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
                      settings: SamplingSettings) -> torch.Tensor:
-        """One image per generator, `b c H W` in [0, 1]: z ~ N(0, temperature^2 I) drawn with its own generator."""
-        z = GaussianPosterior.standard_normal(self.latent_shape, self.device).sample_seeded(generators,
-                                                                                            settings.temperature)
+        """One image per generator, `b c H W` in [0, 1]: `sample_latents`, decoded."""
+        z = self.sample_latents(labels, generators, settings)
         return self.decode(z, None if labels is None else labels.to(self.device))
 
 class CVAE(VAE):

@@ -3,7 +3,7 @@ randomness, and a preallocated, dynamic or static KV cache (`decoding.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Unpack
 
 import torch
@@ -30,6 +30,7 @@ def sample_codes(
     prompt_codes: torch.Tensor | None = None,
     cache_implementation: Literal["preallocated", "static", "dynamic"] | None = None,
     compile: bool | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
     **kwargs: Unpack[SamplingKwargs],
 ) -> torch.Tensor:
     """Sample `num_samples` code grids `b h w` (long, in [0, K)) from `prior`.
@@ -56,6 +57,8 @@ def sample_codes(
     compiling costs time at the first call for each batch size, so on a CPU it pays over long runs only
     (`pipelines.sample` compiles for those; docs/ has the measurements). On CUDA in bfloat16 the compiled
     path did not repeat its codes from call to call (float32 does; cause not found): pass compile=False there.
+    `callback(position, codes)` runs after each code is drawn, outside the compiled step: `position` is the
+    code's index in raster order, `codes` the `b position+1` codes so far (a view: copy what you keep).
     `use_cache=False` recomputes the whole prefix every step (only for measuring what the cache saves).
     """
     spec = prior_spec(prior)
@@ -103,6 +106,8 @@ def sample_codes(
     nxt = decoder.first(tokens, choose, keys)
     for position in range(prompt.shape[1], h * w):
         codes[:, position] = nxt
+        if callback is not None:
+            callback(position, codes[:, : position + 1])
         if position + 1 < h * w:
             nxt = decoder.step(torch.cat([nxt, nxt]) if guided else nxt, choose, keys)
     return codes.reshape(num_samples, h, w)

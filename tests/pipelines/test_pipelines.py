@@ -57,15 +57,15 @@ def family(name):
 def test_generate_every_family_and_output_type(name):
     model = family(name)
     labels = [3, 1, 4] if name != "vae" else None
-    pt = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="pt")
+    pt = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="pt").images
     assert pt.shape == (3, 1, 28, 28) and pt.dtype == torch.float32 and 0 <= pt.min() and pt.max() <= 1
-    arr = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="np")
+    arr = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="np").images
     assert arr.shape == (3, 28, 28, 1) and arr.dtype == np.float32
-    pil = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="pil")
+    pil = generate(model, num_samples=3, class_labels=labels, seed=0, output_type="pil").images
     assert len(pil) == 3 and all(isinstance(im, Image.Image) and im.size == (28, 28) and im.mode == "L" for im in pil)
     torch.testing.assert_close(torch.from_numpy(arr).permute(0, 3, 1, 2), pt)
     assert np.array_equal(np.stack([np.asarray(im) for im in pil]), (arr[..., 0] * 255).round().astype(np.uint8))
-    other = generate(model, num_samples=3, class_labels=labels, seed=1, output_type="pt")
+    other = generate(model, num_samples=3, class_labels=labels, seed=1, output_type="pt").images
     assert not torch.allclose(pt, other)  # another seed, other images
 
 
@@ -73,11 +73,11 @@ def test_generate_every_family_and_output_type(name):
 def test_same_seed_same_images_whatever_the_batch_size(name):
     model = family(name)
     labels = [i % 10 for i in range(7)] if name != "vae" else None
-    whole = generate(model, num_samples=7, class_labels=labels, seed=5, batch_size=7, output_type="pt")
-    pieces = generate(model, num_samples=7, class_labels=labels, seed=5, batch_size=3, output_type="pt")
+    whole = generate(model, num_samples=7, class_labels=labels, seed=5, batch_size=7, output_type="pt").images
+    pieces = generate(model, num_samples=7, class_labels=labels, seed=5, batch_size=3, output_type="pt").images
     # the codes are identical; decoding batches of another size may differ in the last float bit
     torch.testing.assert_close(whole, pieces, rtol=0, atol=1e-5)
-    first = generate(model, num_samples=2, class_labels=labels[:2] if labels else None, seed=5, output_type="pt")
+    first = generate(model, num_samples=2, class_labels=labels[:2] if labels else None, seed=5, output_type="pt").images
     torch.testing.assert_close(whole[:2], first, rtol=0, atol=1e-5)
 
 
@@ -85,9 +85,9 @@ def test_same_seed_same_images_whatever_the_batch_size(name):
                                     dict(temperature=0.8, top_p=0.9), dict(class_labels=None)])
 def test_calling_the_pipeline_is_generate(pipe, kwargs):
     n = len(kwargs["class_labels"]) if isinstance(kwargs.get("class_labels"), list) else 3
-    called = pipe(num_samples=n, seed=11, batch_size=2, output_type="pt", progress=False, **kwargs)
-    assert torch.equal(called, generate(pipe, num_samples=n, seed=11, batch_size=2, output_type="pt", **kwargs))
-    as_pil = pipe(num_samples=n, seed=11, **kwargs)  # diffusers' default output: PIL images
+    called = pipe(num_samples=n, seed=11, batch_size=2, output_type="pt", progress=False, **kwargs).images
+    assert torch.equal(called, generate(pipe, num_samples=n, seed=11, batch_size=2, output_type="pt", **kwargs).images)
+    as_pil = pipe(num_samples=n, seed=11, **kwargs).images  # diffusers' default output: PIL images
     assert len(as_pil) == n and all(isinstance(im, Image.Image) for im in as_pil)
 
 
@@ -96,13 +96,13 @@ def test_a_settings_object_samples_as_its_keywords_do(pipe):
     from vqgen.sampling_settings import SamplingSettings
 
     common = dict(num_samples=3, class_labels="7", seed=2, output_type="pt", progress=False)
-    by_name = generate(pipe, guidance_scale=3.0, top_k=5, temperature=0.9, **common)
+    by_name = generate(pipe, guidance_scale=3.0, top_k=5, temperature=0.9, **common).images
     settings = SamplingSettings(temperature=0.9, top_k=5, guidance_scale=3.0)
-    assert torch.equal(by_name, generate(pipe, sampling=settings, **common))
-    assert torch.equal(by_name, pipe(sampling=settings, **common))
+    assert torch.equal(by_name, generate(pipe, sampling=settings, **common).images)
+    assert torch.equal(by_name, pipe(sampling=settings, **common).images)
     # a keyword takes the place of the object's field; a full object ignores the pipeline's default guidance
-    assert torch.equal(by_name, pipe(sampling=SamplingSettings(top_k=5, guidance_scale=3.0), temperature=0.9, **common))
-    assert not torch.equal(generate(pipe, sampling=SamplingSettings(), **common), generate(pipe, **common))
+    assert torch.equal(by_name, pipe(sampling=SamplingSettings(top_k=5, guidance_scale=3.0), temperature=0.9, **common).images)
+    assert not torch.equal(generate(pipe, sampling=SamplingSettings(), **common).images, generate(pipe, **common).images)
     codes = [sample_codes(pipe.prior, 2, settings, class_labels=[1, "2"], generator=torch.Generator().manual_seed(0)),
              sample_codes(pipe.prior, 2, class_labels=[1, 2], generator=torch.Generator().manual_seed(0), **vars(settings))]
     assert torch.equal(*codes)
@@ -177,16 +177,16 @@ def test_shared_helpers():
 
 
 def test_class_names_and_ids_give_the_same_samples(pipe):
-    by_id = generate(pipe, num_samples=4, class_labels=[7, 7, 2, 0], seed=3, output_type="pt")
-    by_name = generate(pipe, num_samples=4, class_labels=["7", "7", "2", "0"], seed=3, output_type="pt")
-    one_for_all = generate(pipe, num_samples=2, class_labels="7", seed=3, output_type="pt")
+    by_id = generate(pipe, num_samples=4, class_labels=[7, 7, 2, 0], seed=3, output_type="pt").images
+    by_name = generate(pipe, num_samples=4, class_labels=["7", "7", "2", "0"], seed=3, output_type="pt").images
+    one_for_all = generate(pipe, num_samples=2, class_labels="7", seed=3, output_type="pt").images
     torch.testing.assert_close(by_id, by_name)
     torch.testing.assert_close(by_id[:2], one_for_all, rtol=0, atol=1e-5)
 
 
 def test_guidance_changes_conditional_samples(pipe):
-    plain = generate(pipe, num_samples=4, class_labels=1, seed=0, guidance_scale=1.0, output_type="pt")
-    guided = generate(pipe, num_samples=4, class_labels=1, seed=0, guidance_scale=4.0, output_type="pt")
+    plain = generate(pipe, num_samples=4, class_labels=1, seed=0, guidance_scale=1.0, output_type="pt").images
+    guided = generate(pipe, num_samples=4, class_labels=1, seed=0, guidance_scale=4.0, output_type="pt").images
     assert not torch.allclose(plain, guided)
 
 
@@ -202,9 +202,9 @@ def test_saved_layout_round_trip_gives_identical_samples(pipe, saved_pipeline):
     with Image.open(folder / "samples.png") as grid:
         assert grid.size[0] > 8 * 28
     loaded = TwoStagePipeline.from_pretrained(folder)
-    a = generate(pipe, num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt")
-    b = generate(loaded, num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt")
-    c = generate(str(folder), num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt")
+    a = generate(pipe, num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt").images
+    b = generate(loaded, num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt").images
+    c = generate(str(folder), num_samples=5, class_labels=[0, 1, 2, 3, 4], seed=9, output_type="pt").images
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
@@ -274,7 +274,7 @@ def test_sampling_script_resumes_without_redoing_shards(tmp_path, saved_pipeline
     assert data["images"].shape == (10, 28, 28, 1) and data["images"].dtype == np.uint8
     assert data["labels"].tolist() == [i % 3 for i in range(10)]
     direct = generate(saved_pipeline, num_samples=10, class_labels=[i % 3 for i in range(10)], seed=1, batch_size=4,
-                      output_type="np")
+                      output_type="np").images
     assert np.array_equal(data["images"], (direct * 255).round().astype(np.uint8))
     (tmp_path / "s" / "shards" / "shard-000001.npz").unlink()  # as if killed before this shard was written
     again = sample_main(args)
