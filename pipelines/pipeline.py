@@ -95,7 +95,7 @@ class TwoStagePipeline:
                 "the config belongs to another prior."
             )
         self.config = config
-        # How the prior decodes: None compiles its one-token step on CUDA only (`sample_codes`' default), True / False
+        # How the prior decodes: None compiles its one-token step on CUDA in float32 only (`compiles`), True / False
         # force it. Not part of the config: it changes the speed, not the samples.
         self.compile_prior: bool | None = None
 
@@ -191,7 +191,12 @@ class TwoStagePipeline:
                     callback_on_step_end(self, position - done, position, {"codes": codes})
 
             return sample_codes(self.prior, len(generators), settings, class_labels=labels, generator=generators,
-                                prompt_codes=prompt_codes, compile=self.compile_prior, callback=on_code)
+                                prompt_codes=prompt_codes, compile=self.compiles(), callback=on_code)
+
+    def compiles(self) -> bool | None:
+        """`compile_prior`, but eager by default below float32: the compiled CUDA path repeats its codes from call
+        to call in float32 only (`stage2_prior.sample_codes`), and a seed must give the same images."""
+        return self.compile_prior if self.compile_prior is not None or self.dtype == torch.float32 else False
 
     def decode_latent(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Code grids `b h w` -> images `b c h w` in [0, 1] (the tokenizer takes no labels)."""

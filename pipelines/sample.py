@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if path.is_file():
             continue  # done by an earlier, interrupted run
         indices = range(start, min(start + args.batch_size, args.num_samples))
-        batch_labels = None if labels is None else labels[indices.start : indices.stop]
-        images = sample_images(model, indices, batch_labels, settings, args.seed)
-        write_shard(path, images, batch_labels, [sample_seed(args.seed, i) for i in indices])
+        shard_labels = None if labels is None else labels[indices.start : indices.stop]
+        images = sample_images(model, indices, shard_labels, settings, args.seed)
+        write_shard(path, images, shard_labels, [sample_seed(args.seed, i) for i in indices])
         written += 1
     # every process reports what it did: proves who took part and lets rank 0 count the work
     written_per_process = gather_object([written])

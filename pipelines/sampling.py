@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from vqgen.sampling_settings import SamplingKwargs, SamplingSettings
 from vqgen.validation import is_integer
 
-from .labels import Labels, batch_labels
+from .labels import Labels, batch_labels, label_count
 from .outputs import ImageGenerationOutput, Images
 from .protocols import ImageSampler
 from .seeds import call_generators, check_generator, sample_generators
@@ -107,7 +107,7 @@ def sample(
     """Images from `model` as an `ImageGenerationOutput`; every argument is refused before any work if it does not
     apply. See `pipelines.generate` for the arguments. `device` None samples where the model is."""
     check_request(num_samples, batch_size, output_type, seed, device, generator)
-    if num_samples is None and class_labels is None:  # the batch follows the prompts or the generators given
+    if num_samples is None and (class_labels is None or label_count(class_labels) == 1):  # one label is for all
         num_samples = batch_from(prompt_codes, generator)
     num_samples, labels = batch_labels(model, class_labels, num_samples)
     settings = model.sampling_settings(sampling, conditional=labels is not None, **kwargs)

@@ -100,5 +100,5 @@ def test_fsq_trained_under_two_processes_then_a_prior_and_generate(tmp_path):
                  "--eval_batch_size", "16", "--warmup_steps", "0", "--sample_steps", "0", "--checkpointing_steps", "0"])
     pipe = pipelines.TwoStagePipeline.from_parts(tmp_path / "tok", tmp_path / "prior")
     assert load_prior(tmp_path / "prior").config.vocab_size >= 225
-    images = pipelines.generate(pipe, num_samples=3, class_labels=[0, 1, 2], seed=0, output_type="pt")
+    images = pipelines.generate(pipe, num_samples=3, class_labels=[0, 1, 2], seed=0, output_type="pt").images
     assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1

@@ -20,7 +20,7 @@ def test_a_version_1_pipeline_loads_and_its_tokenizer_gives_the_same_codes():
     expected = load_file(RELEASE / "expected.safetensors")
     assert torch.equal(tokenizer.tokenize(expected["images"]), expected["codes"])
     assert torch.equal(tokenizer.reconstruct(expected["images"]), expected["recon"])
-    images = pipe(num_samples=2, class_labels=[3, 4], seed=0, output_type="pt")
+    images = pipe(num_samples=2, class_labels=[3, 4], seed=0, output_type="pt").images
     assert images.shape == (2, 1, 28, 28)
 
 

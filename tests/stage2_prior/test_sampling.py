@@ -44,6 +44,24 @@ def test_sample_i_is_the_same_in_batches_of_1_7_and_64():
     assert len({tuple(c.flatten().tolist()) for c in full}) > 32  # and the samples differ from one another
 
 
+@pytest.mark.parametrize("cache", ["preallocated", "dynamic", "static"])
+def test_the_callback_sees_every_drawn_code_once_in_order(cache):
+    prior, seen = tiny_prior(), []
+
+    def callback(position, codes):
+        seen.append((position, codes.clone()))
+
+    kept = torch.tensor([[5, 6], [7, 8]])
+    codes = sample_codes(prior, 2, class_labels=[0, 1], guidance_scale=2.0, prompt_codes=kept, callback=callback,
+                         cache_implementation=cache, generator=torch.Generator().manual_seed(3))
+    assert [p for p, _ in seen] == list(range(2, 9))  # the prompt's codes are kept, not drawn
+    for position, so_far in seen:
+        assert torch.equal(so_far, codes.flatten(1)[:, : position + 1])
+    plain = sample_codes(prior, 2, class_labels=[0, 1], guidance_scale=2.0, prompt_codes=kept,
+                         cache_implementation=cache, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain, codes)  # watching changes nothing
+
+
 @pytest.mark.parametrize("num_samples", [1, 16])
 def test_no_random_number_call_inside_the_token_loop(monkeypatch, num_samples):
     calls = []
@@ -153,10 +171,14 @@ def test_the_compiled_static_path_gives_the_same_codes_through_one_graph(archite
     assert not torch.equal(other, compiled)  # a new seed is not served stale codes
     # completing a prompt: prefilled eagerly, then the same compiled step
     prompt = eager.flatten(1)[:, :3]
+    seen = []  # the callback runs outside the compiled step: no graph break, no new graph
     completed = [sample_codes(prior, 4, cache_implementation="static", prompt_codes=prompt, compile=compile,
-                              generator=torch.Generator().manual_seed(7), **common) for compile in (False, True)]
+                              generator=torch.Generator().manual_seed(7),
+                              callback=lambda position, codes: seen.append((compile, position)), **common)
+                 for compile in (False, True)]
     assert torch.equal(*completed) and torch.equal(completed[1].flatten(1)[:, :3], prompt)
     assert counters["stats"]["unique_graphs"] - before == 1
+    assert seen == [(c, p) for c in (False, True) for p in range(3, 9)]
 
 
 @pytest.mark.integration

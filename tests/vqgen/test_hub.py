@@ -96,9 +96,9 @@ PIPELINE_PUSH_AND_LOAD = """
     prior = build_prior(TokenizerSpec.from_tokenizer(tok, "tok"), ["a", "b"], num_layers=1, hidden_size=16, num_heads=2)
     pipe = pipelines.TwoStagePipeline(tok, prior.eval())
     pipe.push_to_hub("user/tiny-pipeline")
-    before = pipelines.generate(pipe, num_samples=4, class_labels=["a", "b", "a", "b"], seed=3, output_type="pt")
+    before = pipelines.generate(pipe, num_samples=4, class_labels=["a", "b", "a", "b"], seed=3, output_type="pt").images
     after = pipelines.generate("user/tiny-pipeline", num_samples=4, class_labels=["a", "b", "a", "b"], seed=3,
-                               output_type="pt")
+                               output_type="pt").images
     print(json.dumps({"same": torch.equal(before, after)}))
 """
 
