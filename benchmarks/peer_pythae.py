@@ -335,13 +335,17 @@ class PythaeVAEAdapter(nn.Module):
                           **kwargs) -> SamplingSettings:
         return gaussian_latent_settings("pythae VAE", sampling, **kwargs)
 
+    def sample_latents(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
+                       settings: SamplingSettings) -> torch.Tensor:
+        """z ~ N(0, temperature^2 I), one per generator (as ours)."""
+        return GaussianPosterior.standard_normal(self.latent_shape, self.device).sample_seeded(generators,
+                                                                                              settings.temperature)
+
     @torch.no_grad()
     def sample_batch(self, labels: torch.Tensor | None, generators: Sequence[torch.Generator],
                      settings: SamplingSettings) -> torch.Tensor:
-        """z ~ N(0, temperature^2 I), one per generator -> images `b c h w` in [0, 1] (as ours)."""
-        z = GaussianPosterior.standard_normal(self.latent_shape, self.device).sample_seeded(generators,
-                                                                                            settings.temperature)
-        return self.decode(z)
+        """`sample_latents` decoded -> images `b c h w` in [0, 1] (as ours)."""
+        return self.decode(self.sample_latents(labels, generators, settings))
 
 
 class PythaeVQVAEAdapter(nn.Module):
