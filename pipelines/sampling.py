@@ -68,23 +68,28 @@ def to_output(images: torch.Tensor, output_type: OutputType) -> Images:
     return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
 
 
-def step_options(model: ImageSampler, num_samples: int, prompt_codes: torch.Tensor | None,
-                 callback_on_step_end: StepCallback | None, progress: bool) -> dict[str, Any]:
-    """What a model that draws code by code (a two-stage pipeline) takes besides labels and generators; refused
-    for the others (the VAE family draws in one step)."""
-    if not model.autoencoder.is_discrete:
-        if prompt_codes is not None or callback_on_step_end is not None:
-            raise ValueError(f"prompt_codes and callback_on_step_end apply to a two-stage pipeline, which draws code by "
-                             f"code; this {model.model_type} draws each sample in one step")
-        return {}
-    if prompt_codes is not None:
-        prompt_codes = torch.as_tensor(prompt_codes)
-        prompt_codes = prompt_codes[None] if prompt_codes.ndim == 1 else prompt_codes
-        if prompt_codes.ndim != 2 or prompt_codes.shape[0] not in (1, num_samples):
-            raise ValueError(f"prompt_codes must be `t` codes for every sample or `b t` with b = num_samples "
-                             f"({num_samples}), got shape {tuple(prompt_codes.shape)}")
-        prompt_codes = prompt_codes.expand(num_samples, -1)
-    return {"prompt_codes": prompt_codes, "callback_on_step_end": callback_on_step_end, "progress": progress}
+def full_prompt(prompt_codes: torch.Tensor | None, num_samples: int) -> torch.Tensor | None:
+    """Prompt codes as `num_samples t`: `t` codes (or `1 t`) are for every sample."""
+    if prompt_codes is None:
+        return None
+    prompt = torch.as_tensor(prompt_codes)
+    prompt = prompt[None] if prompt.ndim == 1 else prompt
+    if prompt.ndim != 2 or prompt.shape[0] not in (1, num_samples):
+        raise ValueError(f"prompt_codes must be `t` codes for every sample or `b t` with b = num_samples "
+                         f"({num_samples}), got shape {tuple(prompt.shape)}")
+    return prompt.expand(num_samples, -1)
+
+
+def step_options(model: ImageSampler, prompt: torch.Tensor | None, callback_on_step_end: StepCallback | None,
+                 progress: bool) -> dict[str, Any]:
+    """What a model that draws code by code (a two-stage pipeline) takes besides labels, generators and prompt;
+    refused for the others (the VAE family draws each sample in one step)."""
+    if model.autoencoder.is_discrete:
+        return {"callback_on_step_end": callback_on_step_end, "progress": progress}
+    if prompt is not None or callback_on_step_end is not None:
+        raise ValueError(f"prompt_codes and callback_on_step_end apply to a two-stage pipeline, which draws code by "
+                         f"code; this {model.model_type} draws each sample in one step")
+    return {}
 
 
 @torch.no_grad()
@@ -111,8 +116,8 @@ def sample(
         num_samples = batch_from(prompt_codes, generator)
     num_samples, labels = batch_labels(model, class_labels, num_samples)
     settings = model.sampling_settings(sampling, conditional=labels is not None, **kwargs)
-    options = step_options(model, num_samples, prompt_codes, callback_on_step_end, progress)
-    prompt = options.pop("prompt_codes", None)
+    prompt = full_prompt(prompt_codes, num_samples)
+    options = step_options(model, prompt, callback_on_step_end, progress)
     generators, seed = call_generators(num_samples, seed, generator)
     if device is not None:  # None: where the model is, so `pipe.to(...)` holds
         model.to(device)
