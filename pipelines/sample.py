@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", required=True, help="folder or Hub id of a pipeline, VAE or CVAE")
     p.add_argument("--num_samples", type=int, default=None,
-                   help="how many images (default: one per --class_labels); labels are cycled to fill them")
+                   help="how many images; None: one per --class_labels (fewer labels are cycled over the images)")
     p.add_argument("--out", required=True, help="output folder (shards/, samples.npz, samples_adm.npz, samples.png)")
     p.add_argument("--class_labels", nargs="+", default=None,
                    help="class ids or names: one for all samples, or cycled over the samples (e.g. 0 1 2 ... 9), "
