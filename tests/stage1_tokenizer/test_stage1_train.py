@@ -172,7 +172,8 @@ def stage_args(stage: str, tmp_path: Path) -> tuple[str, list[str]]:
     common = ["--lr_scheduler", "constant", "--seed", "3", "--eval_steps", "1000", "--checkpointing_steps", "1",
               "--warmup_steps", "0"]
     if stage == "stage1":
-        return "stage1_tokenizer.train", ["--model", "vqvae", "--max_steps", "40", *common, *TINY]
+        # enough steps that three kills, each up to 0.4 s after a save, cannot reach the end of the run
+        return "stage1_tokenizer.train", ["--model", "vqvae", "--max_steps", "120", *common, *TINY]
     torch.manual_seed(0)
     tok = VQVAE(codebook_size=16, code_dim=4, channels=8, num_res_blocks=1).train()
     tok(torch.rand(16, 1, 28, 28))
@@ -202,9 +203,14 @@ def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(tmp
             break
         done_before = {p.name for p in (out / "checkpoints").glob("checkpoint-*")}
         deadline = time.time() + 300
-        while not ({p.name for p in (out / "checkpoints").glob("checkpoint-*")} - done_before):  # a new step saved
-            assert run.poll() is None and time.time() < deadline, run.stderr.read()[-3000:]
+        def saved_a_step() -> bool:
+            return bool({p.name for p in (out / "checkpoints").glob("checkpoint-*")} - done_before)
+
+        while not saved_a_step():
+            # a run that ends has saved its steps before it exits: look once more before calling it a failure
+            assert (run.poll() is None or saved_a_step()) and time.time() < deadline, run.stderr.read()[-3000:]
             time.sleep(0.05)
+        assert run.poll() is None, f"the run finished before kill {len(kills) + 1}: give it more --max_steps"
         time.sleep(rng.uniform(0.0, 0.4))  # somewhere in the next steps or saves
         run.kill()
         run.wait()
