@@ -112,5 +112,7 @@ def test_a_back_edge_is_caught(edit, expected):
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_every_module_imports(name):
-    importlib.import_module(name)
+def test_every_module_imports_from_the_file_the_graph_read(name):
+    # the graph is only as good as its files: each module must import, and be the very file that was walked
+    module = importlib.import_module(name)
+    assert Path(module.__file__).resolve() == MODULES[name].resolve()
