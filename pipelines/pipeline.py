@@ -215,8 +215,7 @@ class TwoStagePipeline:
 
         `labels`: `b` long, or None for the null class. Row i is drawn with `generators[i]`.
         """
-        return sample_codes(self.prior, len(generators), class_labels=labels, temperature=temperature,
-                            prompt_codes=prompt_codes, generator=generators)
+        return self.sample_latents(labels, generators, SamplingSettings(temperature=temperature), prompt_codes=prompt_codes)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
